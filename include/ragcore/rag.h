@@ -1,0 +1,276 @@
+/**
+ * @file ragcore/rag.h
+ * @brief The ragcore handle: open a root, put and delete documents, search, assemble prompts.
+ *
+ * Threading: one ::rag_ctx may be used from several threads at once for rag_doc_put(),
+ * rag_doc_delete(), rag_search(), rag_assemble() and rag_status(); rag_open(), rag_close(),
+ * rag_start() and rag_stop() must not race with any other call on the same handle.
+ *
+ * Processes: a root directory is used by one process at a time (rag_open() takes an
+ * exclusive lock and fails with ::RAG_EBUSY otherwise).  Never use a handle in a child
+ * created by fork(); fork, then exec, then rag_open().
+ */
+#ifndef RAGCORE_RAG_H
+#define RAGCORE_RAG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ragcore/common.h"
+#include "ragcore/sys/embed_provider.h"
+#include "ragcore/sys/queue_transport.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/** Opaque handle on one root directory. */
+typedef struct rag_ctx rag_ctx;
+
+#define RAG_OPTIONS_VERSION 1u
+
+/** Longest document id in bytes (excluding NUL). */
+#define RAG_DOC_ID_MAX 256
+
+/**
+ * Options for rag_open().  Initialise with rag_options_init() (or ::RAG_OPTIONS_INIT) and
+ * change only what you need: a zero field means "the default" shown in brackets.
+ */
+typedef struct rag_options {
+    unsigned int version;          /**< ::RAG_OPTIONS_VERSION */
+    /** Embedding provider.  NULL: the built-in cpu provider in `embed_mode`.  rag_open()
+     *  copies the struct and owns `state` from then on (see embed_provider.h). */
+    rag_embed_provider *provider;
+    const char *embed_mode;        /**< built-in provider mode: "hash" ["hash"] */
+    unsigned int embed_dim;        /**< built-in provider dimension [384], 8..4096 */
+    const char *index_factory;     /**< FAISS factory string ["IDMap2,Flat"], inner product */
+    size_t chunk_target;           /**< target chunk size in bytes [800] */
+    size_t chunk_min;              /**< smallest chunk unless the text is shorter [200] */
+    size_t chunk_max;              /**< hard upper bound of a chunk [1600] */
+    size_t chunk_overlap;          /**< bytes of the previous chunk repeated at the start [0] */
+    size_t max_doc_bytes;          /**< largest accepted document [64 MiB]; else ::RAG_ETOOBIG */
+    size_t map_size_mb;            /**< LMDB map size per module env [4096 MiB] */
+    unsigned int max_attempts;     /**< deliveries before a message is dead-lettered [8] */
+    unsigned int retry_base_ms;    /**< backoff base: delay = U(0, min(cap, base*2^n)) [50] */
+    unsigned int retry_cap_ms;     /**< backoff cap [5000] */
+    unsigned int lease_ms;         /**< visibility timeout of a leased message [30000] */
+    unsigned int batch_size;       /**< messages per consumer transaction [256] */
+    int no_sync;                   /**< 1: skip fsync on commit (tests, bulk loads) [0] */
+    /** Queue transport.  NULL: the embedded LMDB broker under `<root>/queue/`.  Copied, and
+     *  `state` owned, as for `provider`. */
+    rag_queue_transport *transport;
+} rag_options;
+
+#define RAG_OPTIONS_INIT {RAG_OPTIONS_VERSION, NULL, NULL, 0u, NULL, 0, 0, 0, 0, 0, 0, 0u, 0u, 0u, 0u, 0u, 0, NULL}
+
+/**
+ * Fill `opts` with defaults.
+ * @param[out] opts options to initialise.
+ * @return ::RAG_OK, or ::RAG_EINVAL when `opts` is NULL.
+ */
+RAG_API int rag_options_init(rag_options *opts);
+
+/**
+ * Open (creating if needed) the root directory `root` and every module environment in it.
+ * @param[out] out   new handle; free it with rag_close().
+ * @param root       directory path; created when missing.
+ * @param opts       options, or NULL for defaults.  Copied; strings need not outlive the call.
+ * @return ::RAG_OK; ::RAG_EINVAL bad options; ::RAG_EVERSION unsupported options/vtable
+ *         version or on-disk format; ::RAG_EBUSY another process holds the root;
+ *         ::RAG_EFINGERPRINT the root was built with a different provider; ::RAG_EIO,
+ *         ::RAG_ESTORAGE, ::RAG_EINDEX, ::RAG_ECORRUPT on storage failures.
+ */
+RAG_API int rag_open(rag_ctx **out, const char *root, const rag_options *opts);
+
+/**
+ * Stop workers (if started), flush, and free the handle.  Pending queue messages stay
+ * durable in the root and are processed after the next open.
+ * @param ctx may be NULL.
+ */
+RAG_API void rag_close(rag_ctx *ctx);
+
+/**
+ * Start the module workers on background threads (one per consuming module).  Without it,
+ * nothing moves until rag_drain() pumps the queues on the calling thread.
+ * @return ::RAG_OK; ::RAG_ESTATE if already started; ::RAG_ERROR if a thread cannot start.
+ */
+RAG_API int rag_start(rag_ctx *ctx);
+
+/** Stop the background workers started by rag_start().  Idempotent. */
+RAG_API int rag_stop(rag_ctx *ctx);
+
+/**
+ * Wait until every outbox and every queue is empty, i.e. every accepted document is
+ * searchable (or dead-lettered).  When the workers are not started, the calling thread
+ * does the work itself.
+ * @param timeout_ms upper bound of the wait; 0 waits without limit.
+ * @return ::RAG_OK; ::RAG_ETIMEOUT when work remains after `timeout_ms`.
+ */
+RAG_API int rag_drain(rag_ctx *ctx, uint32_t timeout_ms);
+
+/** Flags of ::rag_doc. */
+#define RAG_PUT_REPAIR_UTF8 0x1u /**< replace invalid UTF-8 with U+FFFD instead of failing */
+
+/** A document to put.  All pointers are borrowed for the duration of the call. */
+typedef struct rag_doc {
+    const char *id;              /**< document id, 1..::RAG_DOC_ID_MAX bytes, UTF-8 */
+    const void *data;            /**< content bytes */
+    size_t size;                 /**< content length */
+    const char *mime;            /**< "text/plain", "text/markdown", "text/html"; NULL: detect */
+    const char *title;           /**< NULL: taken from the content (HTML <title>, first heading) */
+    const char *uri;             /**< source location shown in citations; NULL: none */
+    const char *const *acl;      /**< principals allowed to read; NULL/0: public */
+    size_t acl_count;
+    const char *idempotency_key; /**< optional; same key + same bytes returns the first result */
+    unsigned int flags;          /**< RAG_PUT_* */
+} rag_doc;
+
+/**
+ * Store a new version of a document and queue it for embedding and indexing.  Durable when
+ * it returns; searchable after the pipeline ran (see rag_drain()).
+ * @param[out] version_out new version number (1 for a new document); may be NULL.
+ * @return ::RAG_OK; ::RAG_EINVAL bad id/arguments; ::RAG_EUTF8 (detail names the byte offset);
+ *         ::RAG_EPARSE; ::RAG_ETOOBIG; ::RAG_EEMPTY no text; ::RAG_EUNSUPPORTED unknown MIME;
+ *         ::RAG_EIDEMPOTENCY key reused with other bytes; ::RAG_ESTORAGE, ::RAG_EMAPFULL.
+ */
+RAG_API int rag_doc_put(rag_ctx *ctx, const rag_doc *doc, uint64_t *version_out);
+
+/** Per-document outcome of rag_doc_put_batch(). */
+typedef struct rag_put_result {
+    int code;         /**< as rag_doc_put() */
+    uint64_t version; /**< new version when code == RAG_OK */
+} rag_put_result;
+
+/**
+ * Put `n` documents in one durable transaction (much faster than `n` rag_doc_put() calls).
+ * Documents that fail (parse, UTF-8, size) are reported in `results` and skipped; the others
+ * are stored.
+ * @param[out] results `n` entries, required.
+ * @return ::RAG_OK when the transaction committed (check each result); otherwise nothing was
+ *         stored and the code says why.
+ */
+RAG_API int rag_doc_put_batch(rag_ctx *ctx, const rag_doc *docs, size_t n,
+                              rag_put_result *results);
+
+/**
+ * Delete a document: invisible to searches at once, purged from every module asynchronously.
+ * @return ::RAG_OK; ::RAG_ENOTFOUND when no live document has this id.
+ */
+RAG_API int rag_doc_delete(rag_ctx *ctx, const char *doc_id);
+
+/** Search modes. */
+typedef enum rag_search_mode {
+    RAG_MODE_DEFAULT = 0, /**< the best mode this build offers */
+    RAG_MODE_VECTOR = 1,  /**< dense vectors only */
+    RAG_MODE_LEXICAL = 2, /**< BM25 only */
+    RAG_MODE_HYBRID = 3   /**< fusion of both */
+} rag_search_mode;
+
+#define RAG_QUERY_VERSION 1u
+
+/** A query.  Initialise with ::RAG_QUERY_INIT. */
+typedef struct rag_query {
+    unsigned int version;              /**< ::RAG_QUERY_VERSION */
+    const char *text;                  /**< query text (UTF-8) */
+    size_t k;                          /**< results wanted [10], at most 1000 */
+    const char *const *principals;     /**< caller's principals (user and groups) */
+    size_t principal_count;
+    /** 1: ignore ACLs (operator access).  0: public documents plus those readable by
+     *  `principals`. */
+    int unrestricted;
+    rag_search_mode mode;
+} rag_query;
+
+#define RAG_QUERY_INIT {RAG_QUERY_VERSION, NULL, 10, NULL, 0, 0, RAG_MODE_DEFAULT}
+
+/** One hit.  Strings are owned by the enclosing ::rag_results. */
+typedef struct rag_result {
+    const char *doc_id;
+    uint64_t version;
+    uint32_t chunk;     /**< chunk number within the version, from 0 */
+    float score;        /**< higher is better */
+    const char *text;   /**< the chunk's text (NFC) */
+    const char *title;  /**< document title ("" when none) */
+    const char *uri;    /**< document uri ("" when none) */
+} rag_result;
+
+typedef struct rag_results {
+    size_t count;
+    rag_result *items;
+} rag_results;
+
+/**
+ * Search.
+ * @param[out] out results, best first; free with rag_results_free().
+ * @return ::RAG_OK (possibly 0 results); ::RAG_EINVAL; ::RAG_EUNSUPPORTED mode not in this
+ *         build; ::RAG_EPROVIDER; ::RAG_EINDEX; ::RAG_ESTORAGE.
+ */
+RAG_API int rag_search(rag_ctx *ctx, const rag_query *query, rag_results **out);
+
+/** Free search results.  NULL is allowed. */
+RAG_API void rag_results_free(rag_results *results);
+
+/** Output formats of rag_assemble(). */
+typedef enum rag_prompt_format {
+    RAG_PROMPT_TEXT = 0, /**< plain text */
+    RAG_PROMPT_JSON = 1  /**< JSON array of chat messages [{"role":..,"content":..}, ...] */
+} rag_prompt_format;
+
+#define RAG_ASSEMBLE_VERSION 1u
+
+typedef struct rag_assemble_opts {
+    unsigned int version;        /**< ::RAG_ASSEMBLE_VERSION */
+    const char *question;        /**< the user's question */
+    size_t token_budget;         /**< upper bound of the prompt's estimated tokens [2048] */
+    /** Template with `{question}` and `{context}` placeholders; NULL: the built-in one. */
+    const char *template_text;
+    rag_prompt_format format;
+} rag_assemble_opts;
+
+#define RAG_ASSEMBLE_INIT {RAG_ASSEMBLE_VERSION, NULL, 2048, NULL, RAG_PROMPT_TEXT}
+
+/**
+ * Build a prompt from search results within a token budget (token estimate: one token per
+ * 4 bytes of UTF-8, rounded up), with numbered citations `[n]` naming title and uri.
+ * Retrieved text is fenced and stripped of control characters.
+ * @param[out] prompt_out NUL-terminated text; free with rag_free().
+ * @return ::RAG_OK; ::RAG_EINVAL; ::RAG_ETOOBIG when not even the question fits the budget.
+ */
+RAG_API int rag_assemble(rag_ctx *ctx, const rag_results *results, const rag_assemble_opts *opts,
+                         char **prompt_out);
+
+#define RAG_STATUS_MAX_QUEUES 16
+
+/** Depth of one queue as reported by rag_status(). */
+typedef struct rag_status_queue {
+    char name[RAG_QUEUE_TOPIC_MAX]; /**< topic, or "outbox:<module>" */
+    uint64_t ready;
+    uint64_t delayed;
+    uint64_t inflight;
+} rag_status_queue;
+
+#define RAG_STATUS_VERSION 1u
+
+typedef struct rag_status_info {
+    unsigned int version;  /**< set by the caller to ::RAG_STATUS_VERSION */
+    uint64_t documents;    /**< live (not deleted) documents */
+    uint64_t versions;     /**< stored document versions */
+    uint64_t chunks;       /**< stored chunks */
+    uint64_t vectors;      /**< vectors in the index */
+    uint64_t dead_letters; /**< dead-lettered messages, all modules */
+    uint64_t index_epoch;  /**< increments with every index change */
+    size_t queue_count;
+    rag_status_queue queues[RAG_STATUS_MAX_QUEUES];
+} rag_status_info;
+
+/**
+ * Counts of documents, versions, chunks, vectors, queue depths and dead letters.
+ * @param[in,out] out `version` set by the caller; filled on success.
+ */
+RAG_API int rag_status(rag_ctx *ctx, rag_status_info *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* RAGCORE_RAG_H */

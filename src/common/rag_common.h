@@ -1,0 +1,136 @@
+/*
+ * Internal helpers shared by every module: error reporting, binary codec, LMDB env helpers,
+ * clocks, randomness, hashing.  Modules depend on src/common and on the public headers, never
+ * on each other.
+ */
+#ifndef RAG_COMMON_INTERNAL_H
+#define RAG_COMMON_INTERNAL_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <lmdb.h>
+
+#include "ragcore/common.h"
+#include "ragcore/rag.h"
+
+#if defined(__GNUC__)
+#define RAG_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#else
+#define RAG_PRINTF(a, b)
+#endif
+
+/* ---- errors --------------------------------------------------------------------------- */
+
+/* Record thread-local detail for `code` and return `code` (so: `return rag_error_set(...)`). */
+int rag_error_set(int code, const char *fmt, ...) RAG_PRINTF(2, 3);
+void rag_error_clear(void);
+/* Map an LMDB return code to a ragcore code, recording `what` and mdb_strerror() as detail. */
+int rag_mdb_error(int mdb_rc, const char *what);
+
+/* ---- resolved configuration ----------------------------------------------------------- */
+
+#define RAG_PATH_MAX 4096
+
+typedef struct rag_config {
+    char root[RAG_PATH_MAX];
+    size_t map_size;            /* bytes */
+    int no_sync;
+    unsigned int embed_dim;
+    char embed_mode[16];
+    char index_factory[128];
+    size_t chunk_target, chunk_min, chunk_max, chunk_overlap;
+    size_t max_doc_bytes;
+    unsigned int max_attempts, retry_base_ms, retry_cap_ms, lease_ms, batch_size;
+} rag_config;
+
+/* Resolve defaults and validate. `opts` may be NULL. */
+int rag_config_init(rag_config *cfg, const char *root, const rag_options *opts);
+
+/* ---- LMDB environments ---------------------------------------------------------------- */
+
+/* Create `<root>/<module>/` and open an LMDB env there (MDB_NOTLS; MDB_NOSYNC if no_sync). */
+int rag_env_open(MDB_env **out, const rag_config *cfg, const char *module, unsigned int max_dbs);
+/* Open (create) a named database in a write txn of its own and commit. */
+int rag_dbi_open(MDB_env *env, const char *name, unsigned int flags, MDB_dbi *out);
+
+/* ---- binary codec (little-endian values; big-endian helpers for ordered keys) ---------- */
+
+typedef struct rag_wbuf {
+    uint8_t *data;
+    size_t len, cap;
+    int err; /* sticky: RAG_ENOMEM once any append failed */
+} rag_wbuf;
+
+void rag_wbuf_init(rag_wbuf *b);
+void rag_wbuf_free(rag_wbuf *b);
+void rag_wbuf_reset(rag_wbuf *b);
+void rag_wbuf_bytes(rag_wbuf *b, const void *p, size_t n);
+void rag_wbuf_u8(rag_wbuf *b, uint8_t v);
+void rag_wbuf_u32(rag_wbuf *b, uint32_t v);
+void rag_wbuf_u64(rag_wbuf *b, uint64_t v);
+void rag_wbuf_i32(rag_wbuf *b, int32_t v);
+void rag_wbuf_f32s(rag_wbuf *b, const float *v, size_t n);
+/* u32 length, bytes, then a NUL so that readers can point into the buffer. NULL == "". */
+void rag_wbuf_str(rag_wbuf *b, const char *s, size_t len);
+void rag_wbuf_cstr(rag_wbuf *b, const char *s);
+
+typedef struct rag_rbuf {
+    const uint8_t *data;
+    size_t len, off;
+    int err; /* sticky: RAG_ECORRUPT once a read ran past the end */
+} rag_rbuf;
+
+void rag_rbuf_init(rag_rbuf *b, const void *data, size_t len);
+uint8_t rag_rbuf_u8(rag_rbuf *b);
+uint32_t rag_rbuf_u32(rag_rbuf *b);
+uint64_t rag_rbuf_u64(rag_rbuf *b);
+int32_t rag_rbuf_i32(rag_rbuf *b);
+/* Copies n floats (the buffer may be unaligned). */
+void rag_rbuf_f32s(rag_rbuf *b, float *out, size_t n);
+const void *rag_rbuf_bytes(rag_rbuf *b, size_t n);
+/* Points into the buffer; NUL-terminated. Returns "" on error. */
+const char *rag_rbuf_str(rag_rbuf *b, size_t *len);
+
+void rag_be64_put(uint8_t out[8], uint64_t v);
+uint64_t rag_be64_get(const uint8_t in[8]);
+void rag_be32_put(uint8_t out[4], uint32_t v);
+uint32_t rag_be32_get(const uint8_t in[4]);
+
+/* Key "<doc_id>\0<be64 version>" (and optionally "<be32 chunk>"). Returns key length. */
+size_t rag_key_doc_version(uint8_t *out, const char *doc_id, uint64_t version);
+size_t rag_key_doc_version_chunk(uint8_t *out, const char *doc_id, uint64_t version,
+                                 uint32_t chunk);
+#define RAG_KEY_MAX (RAG_DOC_ID_MAX + 1 + 8 + 4)
+
+/* ---- clocks, randomness, backoff, hashing --------------------------------------------- */
+
+uint64_t rag_now_ms(void);        /* wall clock, ms since the epoch */
+uint64_t rag_mono_ms(void);       /* monotonic clock, ms */
+uint64_t rag_mono_us(void);       /* monotonic clock, us */
+uint64_t rag_rand_u64(void);      /* thread-local xorshift, seeded from time and tid */
+/* Capped full jitter: U(0, min(cap, base * 2^attempt)). */
+uint32_t rag_backoff_ms(uint32_t attempt, uint32_t base_ms, uint32_t cap_ms);
+/* XXH3-128 of the bytes, written big-endian into out[16]. */
+void rag_hash128(const void *data, size_t len, uint8_t out[16]);
+void rag_hex(const uint8_t *in, size_t n, char *out /* 2n+1 */);
+
+/* ---- embedding providers (used by embed and retrieve alike) ------------------------- */
+
+#include "ragcore/sys/embed_provider.h"
+/* Validate a provider vtable (version, required slots, dim). */
+int rag_embed_provider_check(const rag_embed_provider *p);
+/* Embed with the provider, splitting by max_batch and serialising when the provider asks.
+ * Maps provider failures to RAG_ETRANSIENT / RAG_EPROVIDER with detail. */
+int rag_embed_texts(const rag_embed_provider *p, const char *const *texts, const size_t *lens,
+                    size_t n, float *out);
+
+/* ---- misc ------------------------------------------------------------------------------ */
+
+char *rag_strdup(const char *s);
+char *rag_strndup(const char *s, size_t n);
+int rag_mkdir_p(const char *path);
+/* Validate a document id: 1..RAG_DOC_ID_MAX bytes, valid UTF-8, no NUL. */
+int rag_doc_id_check(const char *doc_id);
+
+#endif

@@ -1,0 +1,61 @@
+/*
+ * Read interfaces: the only way a module reads another module's data.  The core wires them;
+ * no module opens another module's environment.
+ */
+#ifndef RAG_READERS_H
+#define RAG_READERS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ragcore/rag.h"
+
+#define RAG_READER_VERSION 1u
+
+/* What ingest says about a document (borrowed pointers valid until reader end()). */
+typedef struct rag_doc_view {
+    uint64_t latest_version;   /* newest version accepted by ingest */
+    int deleted;               /* 1: tombstoned; searches must drop it */
+    const char *title;         /* of the latest version; "" if none */
+    const char *uri;           /* "" if none */
+} rag_doc_view;
+
+typedef struct rag_ingest_reader {
+    unsigned int version;
+    void *self;
+    /* Begin a consistent read snapshot; `*rtxn` is passed to the calls below. */
+    int (*begin)(void *self, void **rtxn);
+    void (*end)(void *self, void *rtxn);
+    /* Text of one chunk; RAG_ENOTFOUND once purged. `*text` valid until end(). */
+    int (*chunk_text)(void *self, void *rtxn, const char *doc_id, uint64_t version,
+                      uint32_t chunk_no, const char **text, size_t *len);
+    /* Document metadata; RAG_ENOTFOUND for unknown ids. */
+    int (*doc_info)(void *self, void *rtxn, const char *doc_id, rag_doc_view *out);
+} rag_ingest_reader;
+
+/* Access filter for a search. */
+typedef struct rag_acl_filter {
+    int unrestricted;                /* 1: every document */
+    const char *const *principals;   /* else: public documents + these principals' */
+    size_t principal_count;
+} rag_acl_filter;
+
+typedef struct rag_index_hit {
+    char doc_id[RAG_DOC_ID_MAX + 1];
+    uint64_t version;
+    uint32_t chunk_no;
+    float score;                     /* inner product, higher is better */
+} rag_index_hit;
+
+typedef struct rag_index_reader {
+    unsigned int version;
+    void *self;
+    /* Top-k active labels for `query` (dim floats) among those `filter` allows, best first.
+     * `hits` has room for k entries; *n_hits <= k. ACL filtering happens inside the search. */
+    int (*search)(void *self, const float *query, size_t k, const rag_acl_filter *filter,
+                  rag_index_hit *hits, size_t *n_hits);
+    /* Epoch: increments with every committed index change. */
+    int (*epoch)(void *self, uint64_t *out);
+} rag_index_reader;
+
+#endif

@@ -1,0 +1,368 @@
+/* LMDB env helpers, binary codec, clocks, randomness, hashing, small string/file helpers. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "rag_common.h"
+#include "rag_text.h"
+
+/* ---- LMDB ------------------------------------------------------------------------------- */
+
+int rag_env_open(MDB_env **out, const rag_config *cfg, const char *module, unsigned int max_dbs)
+{
+    char path[RAG_PATH_MAX + 64];
+    snprintf(path, sizeof path, "%s/%s", cfg->root, module);
+    int rc = rag_mkdir_p(path);
+    if (rc)
+        return rc;
+    MDB_env *env = NULL;
+    int mrc = mdb_env_create(&env);
+    if (mrc)
+        return rag_mdb_error(mrc, "mdb_env_create");
+    mdb_env_set_maxdbs(env, max_dbs);
+    mdb_env_set_maxreaders(env, 254);
+    mrc = mdb_env_set_mapsize(env, cfg->map_size);
+    if (!mrc)
+        mrc = mdb_env_open(env, path, MDB_NOTLS | (cfg->no_sync ? MDB_NOSYNC : 0), 0644);
+    if (mrc) {
+        mdb_env_close(env);
+        rc = rag_mdb_error(mrc, "mdb_env_open");
+        return rag_error_set(rc, "cannot open %s environment at %s: %s", module, path,
+                             mdb_strerror(mrc));
+    }
+    *out = env;
+    return RAG_OK;
+}
+
+int rag_dbi_open(MDB_env *env, const char *name, unsigned int flags, MDB_dbi *out)
+{
+    MDB_txn *txn;
+    int mrc = mdb_txn_begin(env, NULL, 0, &txn);
+    if (mrc)
+        return rag_mdb_error(mrc, "mdb_txn_begin");
+    mrc = mdb_dbi_open(txn, name, flags | MDB_CREATE, out);
+    if (mrc) {
+        mdb_txn_abort(txn);
+        return rag_mdb_error(mrc, name);
+    }
+    mrc = mdb_txn_commit(txn);
+    if (mrc)
+        return rag_mdb_error(mrc, "mdb_txn_commit");
+    return RAG_OK;
+}
+
+/* ---- codec ------------------------------------------------------------------------------ */
+
+void rag_wbuf_init(rag_wbuf *b) { memset(b, 0, sizeof *b); }
+void rag_wbuf_free(rag_wbuf *b) { free(b->data); memset(b, 0, sizeof *b); }
+void rag_wbuf_reset(rag_wbuf *b) { b->len = 0; b->err = 0; }
+
+static int wbuf_reserve(rag_wbuf *b, size_t n)
+{
+    if (b->err)
+        return 0;
+    if (b->len + n <= b->cap)
+        return 1;
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < b->len + n)
+        cap *= 2;
+    uint8_t *p = realloc(b->data, cap);
+    if (!p) {
+        b->err = RAG_ENOMEM;
+        return 0;
+    }
+    b->data = p;
+    b->cap = cap;
+    return 1;
+}
+
+void rag_wbuf_bytes(rag_wbuf *b, const void *p, size_t n)
+{
+    if (n == 0 || !wbuf_reserve(b, n))
+        return;
+    memcpy(b->data + b->len, p, n);
+    b->len += n;
+}
+void rag_wbuf_u8(rag_wbuf *b, uint8_t v) { rag_wbuf_bytes(b, &v, 1); }
+void rag_wbuf_u32(rag_wbuf *b, uint32_t v)
+{
+    uint8_t x[4] = {(uint8_t)v, (uint8_t)(v >> 8), (uint8_t)(v >> 16), (uint8_t)(v >> 24)};
+    rag_wbuf_bytes(b, x, 4);
+}
+void rag_wbuf_u64(rag_wbuf *b, uint64_t v)
+{
+    rag_wbuf_u32(b, (uint32_t)v);
+    rag_wbuf_u32(b, (uint32_t)(v >> 32));
+}
+void rag_wbuf_i32(rag_wbuf *b, int32_t v) { rag_wbuf_u32(b, (uint32_t)v); }
+void rag_wbuf_f32s(rag_wbuf *b, const float *v, size_t n) { rag_wbuf_bytes(b, v, n * sizeof *v); }
+void rag_wbuf_str(rag_wbuf *b, const char *s, size_t len)
+{
+    if (!s)
+        s = "", len = 0;
+    if (len > UINT32_MAX) {
+        b->err = RAG_ETOOBIG;
+        return;
+    }
+    rag_wbuf_u32(b, (uint32_t)len);
+    rag_wbuf_bytes(b, s, len);
+    rag_wbuf_u8(b, 0);
+}
+void rag_wbuf_cstr(rag_wbuf *b, const char *s) { rag_wbuf_str(b, s, s ? strlen(s) : 0); }
+
+void rag_rbuf_init(rag_rbuf *b, const void *data, size_t len)
+{
+    b->data = data;
+    b->len = len;
+    b->off = 0;
+    b->err = 0;
+}
+
+const void *rag_rbuf_bytes(rag_rbuf *b, size_t n)
+{
+    if (b->err || n > b->len - b->off) {
+        b->err = RAG_ECORRUPT;
+        return NULL;
+    }
+    const void *p = b->data + b->off;
+    b->off += n;
+    return p;
+}
+uint8_t rag_rbuf_u8(rag_rbuf *b)
+{
+    const uint8_t *p = rag_rbuf_bytes(b, 1);
+    return p ? p[0] : 0;
+}
+uint32_t rag_rbuf_u32(rag_rbuf *b)
+{
+    const uint8_t *p = rag_rbuf_bytes(b, 4);
+    return p ? (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24
+             : 0;
+}
+uint64_t rag_rbuf_u64(rag_rbuf *b)
+{
+    uint64_t lo = rag_rbuf_u32(b);
+    uint64_t hi = rag_rbuf_u32(b);
+    return lo | hi << 32;
+}
+int32_t rag_rbuf_i32(rag_rbuf *b) { return (int32_t)rag_rbuf_u32(b); }
+void rag_rbuf_f32s(rag_rbuf *b, float *out, size_t n)
+{
+    if (n > SIZE_MAX / sizeof(float)) {
+        b->err = RAG_ECORRUPT;
+        return;
+    }
+    const void *p = rag_rbuf_bytes(b, n * sizeof(float));
+    if (p)
+        memcpy(out, p, n * sizeof(float));
+    else
+        memset(out, 0, n * sizeof(float));
+}
+const char *rag_rbuf_str(rag_rbuf *b, size_t *len)
+{
+    uint32_t n = rag_rbuf_u32(b);
+    const char *p = rag_rbuf_bytes(b, (size_t)n + 1);
+    if (!p || p[n] != 0) {
+        b->err = RAG_ECORRUPT;
+        if (len)
+            *len = 0;
+        return "";
+    }
+    if (len)
+        *len = n;
+    return p;
+}
+
+void rag_be64_put(uint8_t out[8], uint64_t v)
+{
+    for (int i = 7; i >= 0; i--, v >>= 8)
+        out[i] = (uint8_t)v;
+}
+uint64_t rag_be64_get(const uint8_t in[8])
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = v << 8 | in[i];
+    return v;
+}
+void rag_be32_put(uint8_t out[4], uint32_t v)
+{
+    for (int i = 3; i >= 0; i--, v >>= 8)
+        out[i] = (uint8_t)v;
+}
+uint32_t rag_be32_get(const uint8_t in[4])
+{
+    return (uint32_t)in[0] << 24 | (uint32_t)in[1] << 16 | (uint32_t)in[2] << 8 | in[3];
+}
+
+size_t rag_key_doc_version(uint8_t *out, const char *doc_id, uint64_t version)
+{
+    size_t n = strlen(doc_id);
+    memcpy(out, doc_id, n);
+    out[n] = 0;
+    rag_be64_put(out + n + 1, version);
+    return n + 9;
+}
+
+size_t rag_key_doc_version_chunk(uint8_t *out, const char *doc_id, uint64_t version,
+                                 uint32_t chunk)
+{
+    size_t n = rag_key_doc_version(out, doc_id, version);
+    rag_be32_put(out + n, chunk);
+    return n + 4;
+}
+
+/* ---- clocks, randomness, hashing ------------------------------------------------------- */
+
+uint64_t rag_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+uint64_t rag_mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+uint64_t rag_mono_ms(void) { return rag_mono_us() / 1000u; }
+
+static _Thread_local uint64_t rng_state;
+
+uint64_t rag_rand_u64(void)
+{
+    if (!rng_state) {
+        rng_state = rag_mono_us() ^ ((uint64_t)syscall(SYS_gettid) << 32) ^ 0x9E3779B97F4A7C15ull;
+        if (!rng_state)
+            rng_state = 1;
+    }
+    /* xorshift64* */
+    uint64_t x = rng_state;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    rng_state = x;
+    return x * 0x2545F4914F6CDD1Dull;
+}
+
+uint32_t rag_backoff_ms(uint32_t attempt, uint32_t base_ms, uint32_t cap_ms)
+{
+    uint64_t ceiling = base_ms;
+    for (uint32_t i = 0; i < attempt && ceiling < cap_ms; i++)
+        ceiling *= 2;
+    if (ceiling > cap_ms)
+        ceiling = cap_ms;
+    if (ceiling == 0)
+        return 0;
+    return (uint32_t)(rag_rand_u64() % (ceiling + 1));
+}
+
+void rag_hash128(const void *data, size_t len, uint8_t out[16])
+{
+    XXH128_hash_t h = XXH3_128bits(data, len);
+    rag_be64_put(out, h.high64);
+    rag_be64_put(out + 8, h.low64);
+}
+
+void rag_hex(const uint8_t *in, size_t n, char *out)
+{
+    static const char digits[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = digits[in[i] >> 4];
+        out[2 * i + 1] = digits[in[i] & 15];
+    }
+    out[2 * n] = 0;
+}
+
+/* ---- misc --------------------------------------------------------------------------------- */
+
+char *rag_strdup(const char *s) { return s ? rag_strndup(s, strlen(s)) : NULL; }
+
+char *rag_strndup(const char *s, size_t n)
+{
+    char *p = malloc(n + 1);
+    if (!p)
+        return NULL;
+    memcpy(p, s, n);
+    p[n] = 0;
+    return p;
+}
+
+int rag_mkdir_p(const char *path)
+{
+    char buf[RAG_PATH_MAX + 64];
+    size_t n = strlen(path);
+    if (n >= sizeof buf)
+        return rag_error_set(RAG_EINVAL, "path too long");
+    memcpy(buf, path, n + 1);
+    for (size_t i = 1; i <= n; i++) {
+        if (buf[i] == '/' || buf[i] == 0) {
+            char c = buf[i];
+            buf[i] = 0;
+            if (mkdir(buf, 0755) != 0 && errno != EEXIST)
+                return rag_error_set(RAG_EIO, "mkdir %s: %s", buf, strerror(errno));
+            buf[i] = c;
+        }
+    }
+    return RAG_OK;
+}
+
+int rag_doc_id_check(const char *doc_id)
+{
+    if (!doc_id || !*doc_id)
+        return rag_error_set(RAG_EINVAL, "document id is empty");
+    size_t n = strlen(doc_id);
+    if (n > RAG_DOC_ID_MAX)
+        return rag_error_set(RAG_EINVAL, "document id longer than %d bytes", RAG_DOC_ID_MAX);
+    size_t bad;
+    if (rag_utf8_check(doc_id, n, &bad))
+        return rag_error_set(RAG_EINVAL, "document id is not valid UTF-8 (byte %zu)", bad);
+    return RAG_OK;
+}
+
+/* ---- providers ----------------------------------------------------------------------------- */
+
+static pthread_mutex_t single_threaded_lock = PTHREAD_MUTEX_INITIALIZER;
+
+int rag_embed_provider_check(const rag_embed_provider *p)
+{
+    if (!p)
+        return rag_error_set(RAG_EINVAL, "provider is NULL");
+    if (p->version == 0 || p->version > RAG_EMBED_PROVIDER_VERSION)
+        return rag_error_set(RAG_EVERSION, "embed provider version %u not supported (max %u)",
+                             p->version, RAG_EMBED_PROVIDER_VERSION);
+    if (!p->embed || !p->fingerprint || p->dim == 0 || p->dim > 65536)
+        return rag_error_set(RAG_EINVAL, "embed provider lacks embed/fingerprint or has dim %u",
+                             p->dim);
+    return RAG_OK;
+}
+
+int rag_embed_texts(const rag_embed_provider *p, const char *const *texts, const size_t *lens,
+                    size_t n, float *out)
+{
+    size_t step = p->max_batch ? p->max_batch : n;
+    for (size_t i = 0; i < n; i += step) {
+        size_t m = n - i < step ? n - i : step;
+        int locked = (p->flags & RAG_EMBED_SINGLE_THREADED) != 0;
+        if (locked)
+            pthread_mutex_lock(&single_threaded_lock);
+        int rc = p->embed(p->state, texts + i, lens + i, m, out + i * (size_t)p->dim);
+        if (locked)
+            pthread_mutex_unlock(&single_threaded_lock);
+        if (rc == RAG_ETRANSIENT)
+            return rag_error_set(RAG_ETRANSIENT, "embedding provider: temporary failure");
+        if (rc != 0)
+            return rag_error_set(RAG_EPROVIDER, "embedding provider failed with %d (%s)", rc,
+                                 rag_strerror(rc));
+    }
+    return RAG_OK;
+}

@@ -1,0 +1,29 @@
+/* The embed module as seen by the core: chunks -> vectors through a provider, with a vector
+ * cache keyed by (provider fingerprint, chunk content hash). */
+#ifndef RAG_EMBED_API_H
+#define RAG_EMBED_API_H
+
+#include "ragcore/sys/embed_provider.h"
+#include "rag_common.h"
+#include "rag_queue.h"
+
+typedef struct rag_embed rag_embed;
+
+/* Open `<root>/embed/`. `provider` is borrowed (the core owns it). The provider's fingerprint
+ * is recorded on first open; a different one later fails with RAG_EFINGERPRINT. */
+int rag_embed_open(rag_embed **out, const rag_config *cfg, const rag_embed_provider *provider);
+void rag_embed_close(rag_embed *em);
+
+/* Consumer of doc.chunked (emits doc.embedded). */
+rag_consumer *rag_embed_consumer(rag_embed *em);
+rag_outbox *rag_embed_outbox(rag_embed *em);
+MDB_env *rag_embed_env(rag_embed *em);
+
+typedef struct rag_embed_stats {
+    uint64_t cache_entries;
+    uint64_t cache_hits;   /* since open */
+    uint64_t cache_misses; /* since open */
+} rag_embed_stats;
+int rag_embed_stats_get(rag_embed *em, rag_embed_stats *out);
+
+#endif
