@@ -1,0 +1,895 @@
+/*
+ * rag: the command-line tool over the public API (nothing here reaches inside the library).
+ *
+ *   rag --root DIR ingest PATH... | ingest --jsonl FILE   [--no-wait] [--acl P,...]
+ *   rag --root DIR put ID FILE [--acl P,...] [--mime M] [--title T] [--uri U] [--key K]
+ *   rag --root DIR delete ID
+ *   rag --root DIR search "QUERY" [-k N] [--as P,...] [--json]
+ *   rag --root DIR search --jsonl QUERIES.jsonl [-k N] [--as P,...] --json
+ *   rag --root DIR ask "QUESTION" [--budget TOKENS] [-k N] [--as P,...] [--json]
+ *   rag --root DIR status [--json]
+ *   rag --root DIR drain [--timeout MS]
+ *   rag --version
+ *
+ * Errors go to stderr as "rag: <what>: <code text> (<detail>)" with exit status 1 (usage: 2).
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <jansson.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ragcore/ragcore.h"
+
+typedef struct cli {
+    const char *root;
+    rag_options opts;
+    rag_ctx *ctx;
+    /* common flags */
+    size_t k;
+    int json;
+    int no_wait;
+    uint32_t timeout_ms;
+    size_t budget;
+    char *acl_buf, *as_buf;
+    const char *acl[64];
+    size_t acl_count;
+    const char *as[64];
+    size_t as_count;
+    const char *mime, *title, *uri, *key, *jsonl;
+    rag_search_mode mode;
+    int all_files;
+} cli;
+
+static volatile sig_atomic_t interrupted;
+static void on_signal(int sig) { (void)sig; interrupted = 1; }
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static int fail(int code, const char *what)
+{
+    const char *detail = rag_error_last();
+    if (detail && *detail)
+        fprintf(stderr, "rag: %s: %s (%s)\n", what, rag_strerror(code), detail);
+    else
+        fprintf(stderr, "rag: %s: %s\n", what, rag_strerror(code));
+    return 1;
+}
+
+static int usage(void)
+{
+    fputs("usage: rag [--root DIR] [--no-sync] COMMAND [ARGS]\n"
+          "  ingest PATH... | ingest --jsonl FILE   [--no-wait] [--acl P,...] [--all]\n"
+          "  put ID FILE [--acl P,...] [--mime M] [--title T] [--uri U] [--key K]\n"
+          "  delete ID\n"
+          "  search \"QUERY\" [-k N] [--as P,...] [--json]\n"
+          "  search --jsonl QUERIES.jsonl [-k N] [--as P,...] --json\n"
+          "  ask \"QUESTION\" [--budget TOKENS] [-k N] [--as P,...] [--json]\n"
+          "  status [--json]\n"
+          "  drain [--timeout MS]\n"
+          "  --version\n"
+          "DIR defaults to $RAG_ROOT. Without --as, search and ask run with operator access\n"
+          "(every document); with --as only public documents and those the principals may read.\n",
+          stderr);
+    return 2;
+}
+
+static size_t split_list(char *buf, const char **out, size_t max)
+{
+    size_t n = 0;
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok && n < max;
+         tok = strtok_r(NULL, ",", &save))
+        if (*tok)
+            out[n++] = tok;
+    return n;
+}
+
+static char *read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap);
+    while (buf) {
+        size_t got = fread(buf + n, 1, cap - n, f);
+        n += got;
+        if (got == 0)
+            break;
+        if (n == cap) {
+            char *p = realloc(buf, cap * 2);
+            if (!p) {
+                free(buf);
+                buf = NULL;
+                break;
+            }
+            buf = p;
+            cap *= 2;
+        }
+    }
+    int err = ferror(f);
+    fclose(f);
+    if (err) {
+        free(buf);
+        return NULL;
+    }
+    *len = n;
+    return buf;
+}
+
+static int open_ctx(cli *c)
+{
+    if (!c->root) {
+        fputs("rag: no root directory: pass --root DIR or set RAG_ROOT\n", stderr);
+        return 2;
+    }
+    int rc = rag_open(&c->ctx, c->root, &c->opts);
+    if (rc)
+        return fail(rc, "open");
+    return 0;
+}
+
+/* ---- progress ------------------------------------------------------------------------------ */
+
+typedef struct progress {
+    int tty;
+    double start, last;
+    size_t done, total, failed;
+    uint64_t bytes;
+} progress;
+
+static void progress_show(progress *p, int force, const char *phase)
+{
+    if (!p->tty)
+        return;
+    double t = now_s();
+    if (!force && t - p->last < 0.1)
+        return;
+    p->last = t;
+    int width = 30;
+    int fill = p->total ? (int)((double)p->done / (double)p->total * width) : width;
+    char bar[64];
+    for (int i = 0; i < width; i++)
+        bar[i] = i < fill ? '#' : '.';
+    bar[width] = 0;
+    fprintf(stderr, "\r%s [%s] %zu/%zu docs  %.1f MB  %.1f s%s   ", phase, bar, p->done, p->total,
+            (double)p->bytes / 1e6, t - p->start, p->failed ? "  (some failed)" : "");
+    fflush(stderr);
+}
+
+/* ---- ingest ------------------------------------------------------------------------------------ */
+
+typedef struct doc_buf {
+    rag_doc docs[64];
+    char *owned[64][4]; /* data, id, title, uri/key */
+    char *keys[64];
+    const char *names[64];
+    size_t n, bytes;
+} doc_buf;
+
+static int flush_docs(cli *c, doc_buf *b, progress *p, int *failures)
+{
+    if (b->n == 0)
+        return 0;
+    rag_put_result res[64];
+    int rc = rag_doc_put_batch(c->ctx, b->docs, b->n, res);
+    if (rc)
+        return fail(rc, "ingest");
+    for (size_t i = 0; i < b->n; i++) {
+        if (res[i].code) {
+            (*failures)++;
+            p->failed++;
+            if (p->tty)
+                fputc('\n', stderr);
+            fprintf(stderr, "rag: %s: %s\n", b->names[i], rag_strerror(res[i].code));
+        }
+        for (int j = 0; j < 4; j++)
+            free(b->owned[i][j]);
+        free(b->keys[i]);
+    }
+    p->done += b->n;
+    b->n = 0;
+    b->bytes = 0;
+    progress_show(p, 0, "ingest");
+    return 0;
+}
+
+static const char *mime_for(const char *path)
+{
+    const char *dot = strrchr(path, '.');
+    if (!dot)
+        return NULL;
+    if (!strcasecmp(dot, ".html") || !strcasecmp(dot, ".htm") || !strcasecmp(dot, ".xhtml"))
+        return "text/html";
+    if (!strcasecmp(dot, ".md") || !strcasecmp(dot, ".markdown"))
+        return "text/markdown";
+    if (!strcasecmp(dot, ".txt") || !strcasecmp(dot, ".text") || !strcasecmp(dot, ".rst"))
+        return "text/plain";
+    return NULL;
+}
+
+typedef struct path_list {
+    char **items;
+    size_t n, cap;
+} path_list;
+
+static void path_add(path_list *l, const char *p)
+{
+    if (l->n == l->cap) {
+        l->cap = l->cap ? l->cap * 2 : 256;
+        l->items = realloc(l->items, l->cap * sizeof *l->items);
+    }
+    l->items[l->n++] = strdup(p);
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Directories named ".*" or "_*" (VCS data, Sphinx's _sources/_static) are skipped unless
+ * --all: they hold copies or assets, not documents. */
+static void walk(const char *path, path_list *out, int all, int top)
+{
+    struct stat st;
+    if (stat(path, &st) != 0) {
+        fprintf(stderr, "rag: %s: %s\n", path, strerror(errno));
+        return;
+    }
+    if (S_ISREG(st.st_mode)) {
+        if (top || all || mime_for(path))
+            path_add(out, path);
+        return;
+    }
+    if (!S_ISDIR(st.st_mode))
+        return;
+    DIR *d = opendir(path);
+    if (!d) {
+        fprintf(stderr, "rag: %s: %s\n", path, strerror(errno));
+        return;
+    }
+    struct dirent *e;
+    path_list children = {0};
+    while ((e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+            continue;
+        if (!all && (e->d_name[0] == '.' || e->d_name[0] == '_'))
+            continue;
+        char child[PATH_MAX];
+        snprintf(child, sizeof child, "%s/%s", path, e->d_name);
+        path_add(&children, child);
+    }
+    closedir(d);
+    qsort(children.items, children.n, sizeof *children.items, cmp_str);
+    for (size_t i = 0; i < children.n; i++) {
+        walk(children.items[i], out, all, 0);
+        free(children.items[i]);
+    }
+    free(children.items);
+}
+
+static int wait_searchable(cli *c, progress *p)
+{
+    if (c->no_wait)
+        return 0;
+    for (;;) {
+        int rc = rag_drain(c->ctx, 200);
+        rag_status_info st = {.version = RAG_STATUS_VERSION};
+        if (p->tty && rag_status(c->ctx, &st) == 0) {
+            uint64_t left = 0;
+            for (size_t i = 0; i < st.queue_count; i++)
+                left += st.queues[i].ready + st.queues[i].delayed + st.queues[i].inflight;
+            fprintf(stderr, "\rindexing: %llu queued, %llu vectors   ", (unsigned long long)left,
+                    (unsigned long long)st.vectors);
+            fflush(stderr);
+        }
+        if (rc == RAG_OK)
+            break;
+        if (rc != RAG_ETIMEOUT)
+            return fail(rc, "drain");
+        if (interrupted)
+            return 1;
+    }
+    if (p->tty)
+        fputc('\n', stderr);
+    return 0;
+}
+
+static int cmd_ingest_files(cli *c, int argc, char **argv)
+{
+    path_list files = {0};
+    for (int i = 0; i < argc; i++)
+        walk(argv[i], &files, c->all_files, 1);
+    progress p = {.tty = isatty(2), .start = now_s(), .total = files.n};
+    doc_buf *b = calloc(1, sizeof *b);
+    int failures = 0, rc = 0;
+    for (size_t i = 0; i < files.n && !interrupted && rc == 0; i++) {
+        char real[PATH_MAX];
+        if (!realpath(files.items[i], real))
+            snprintf(real, sizeof real, "%s", files.items[i]);
+        size_t len = 0;
+        char *data = read_file(files.items[i], &len);
+        if (!data) {
+            fprintf(stderr, "rag: %s: %s\n", files.items[i], strerror(errno));
+            failures++;
+            continue;
+        }
+        size_t k = b->n;
+        rag_doc *d = &b->docs[k];
+        memset(d, 0, sizeof *d);
+        char *uri = malloc(strlen(real) + 8);
+        sprintf(uri, "file://%s", real);
+        /* The idempotency key binds path and content: re-running an interrupted ingest
+         * returns at once for every file already stored unchanged. */
+        char *key = malloc(strlen(real) + 64);
+        unsigned long long h = 1469598103934665603ull;
+        for (size_t j = 0; j < len; j++)
+            h = (h ^ (unsigned char)data[j]) * 1099511628211ull;
+        sprintf(key, "cli:%s:%zu:%016llx", real, len, h);
+        b->owned[k][0] = data;
+        b->owned[k][1] = strdup(real);
+        b->owned[k][2] = NULL;
+        b->owned[k][3] = uri;
+        b->keys[k] = key;
+        b->names[k] = files.items[i];
+        d->id = b->owned[k][1];
+        d->data = data;
+        d->size = len;
+        d->mime = mime_for(real);
+        d->uri = uri;
+        d->acl = c->acl_count ? c->acl : NULL;
+        d->acl_count = c->acl_count;
+        d->idempotency_key = key;
+        b->n++;
+        b->bytes += len;
+        p.bytes += len;
+        if (b->n == 64 || b->bytes > (8u << 20))
+            rc = flush_docs(c, b, &p, &failures);
+    }
+    if (rc == 0)
+        rc = flush_docs(c, b, &p, &failures);
+    progress_show(&p, 1, "ingest");
+    if (p.tty)
+        fputc('\n', stderr);
+    free(b);
+    for (size_t i = 0; i < files.n; i++)
+        free(files.items[i]);
+    free(files.items);
+    if (rc == 0 && !interrupted)
+        rc = wait_searchable(c, &p);
+    fprintf(stderr, "ingested %zu of %zu files in %.1f s%s\n", p.done - p.failed, p.total,
+            now_s() - p.start, interrupted ? " (interrupted; run again to resume)" : "");
+    if (interrupted)
+        return 130;
+    return rc ? rc : (failures ? 1 : 0);
+}
+
+static int cmd_ingest_jsonl(cli *c)
+{
+    FILE *f = fopen(c->jsonl, "r");
+    if (!f) {
+        fprintf(stderr, "rag: %s: %s\n", c->jsonl, strerror(errno));
+        return 1;
+    }
+    progress p = {.tty = isatty(2), .start = now_s()};
+    /* Count lines first so the bar knows its total. */
+    for (int ch; (ch = fgetc(f)) != EOF;)
+        p.total += ch == '\n';
+    rewind(f);
+    doc_buf *b = calloc(1, sizeof *b);
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t got;
+    int failures = 0, rc = 0;
+    size_t lineno = 0;
+    while (rc == 0 && !interrupted && (got = getline(&line, &cap, f)) > 0) {
+        lineno++;
+        json_error_t jerr;
+        json_t *o = json_loadb(line, (size_t)got, 0, &jerr);
+        const char *id = o ? json_string_value(json_object_get(o, "id")) : NULL;
+        const char *title = o ? json_string_value(json_object_get(o, "title")) : NULL;
+        const char *text = o ? json_string_value(json_object_get(o, "text")) : NULL;
+        if (!id || !text) {
+            fprintf(stderr, "rag: %s:%zu: not a {\"id\",\"title\",\"text\"} object\n", c->jsonl,
+                    lineno);
+            failures++;
+            p.total--;
+            json_decref(o);
+            continue;
+        }
+        /* Title and text are both searchable: the title opens the document's text. */
+        size_t tl = title ? strlen(title) : 0, xl = strlen(text);
+        char *data = malloc(tl + xl + 3);
+        size_t len = 0;
+        if (tl) {
+            memcpy(data, title, tl);
+            memcpy(data + tl, "\n\n", 2);
+            len = tl + 2;
+        }
+        memcpy(data + len, text, xl);
+        len += xl;
+        size_t k = b->n;
+        rag_doc *d = &b->docs[k];
+        memset(d, 0, sizeof *d);
+        char *key = malloc(strlen(id) + 64);
+        unsigned long long h = 1469598103934665603ull;
+        for (size_t j = 0; j < len; j++)
+            h = (h ^ (unsigned char)data[j]) * 1099511628211ull;
+        sprintf(key, "cli-jsonl:%s:%zu:%016llx", id, len, h);
+        b->owned[k][0] = data;
+        b->owned[k][1] = strdup(id);
+        b->owned[k][2] = strdup(title ? title : "");
+        b->owned[k][3] = NULL;
+        b->keys[k] = key;
+        b->names[k] = b->owned[k][1];
+        d->id = b->owned[k][1];
+        d->data = data;
+        d->size = len;
+        d->mime = "text/plain";
+        d->title = b->owned[k][2];
+        d->acl = c->acl_count ? c->acl : NULL;
+        d->acl_count = c->acl_count;
+        d->idempotency_key = key;
+        json_decref(o);
+        b->n++;
+        b->bytes += len;
+        p.bytes += len;
+        if (b->n == 64 || b->bytes > (8u << 20))
+            rc = flush_docs(c, b, &p, &failures);
+    }
+    free(line);
+    fclose(f);
+    if (rc == 0)
+        rc = flush_docs(c, b, &p, &failures);
+    progress_show(&p, 1, "ingest");
+    if (p.tty)
+        fputc('\n', stderr);
+    free(b);
+    if (rc == 0 && !interrupted)
+        rc = wait_searchable(c, &p);
+    fprintf(stderr, "ingested %zu of %zu documents in %.1f s%s\n", p.done - p.failed, p.total,
+            now_s() - p.start, interrupted ? " (interrupted; run again to resume)" : "");
+    if (interrupted)
+        return 130;
+    return rc ? rc : (failures ? 1 : 0);
+}
+
+/* ---- put / delete ------------------------------------------------------------------------------ */
+
+static int cmd_put(cli *c, int argc, char **argv)
+{
+    if (argc != 2)
+        return usage();
+    size_t len = 0;
+    char *data = read_file(argv[1], &len);
+    if (!data) {
+        fprintf(stderr, "rag: %s: %s\n", argv[1], strerror(errno));
+        return 1;
+    }
+    rag_doc d = {0};
+    d.id = argv[0];
+    d.data = data;
+    d.size = len;
+    d.mime = c->mime ? c->mime : mime_for(argv[1]);
+    d.title = c->title;
+    d.uri = c->uri;
+    d.acl = c->acl_count ? c->acl : NULL;
+    d.acl_count = c->acl_count;
+    d.idempotency_key = c->key;
+    uint64_t version = 0;
+    int rc = rag_doc_put(c->ctx, &d, &version);
+    free(data);
+    if (rc)
+        return fail(rc, "put");
+    printf("%s version %llu\n", argv[0], (unsigned long long)version);
+    if (!c->no_wait) {
+        rc = rag_drain(c->ctx, c->timeout_ms);
+        if (rc)
+            return fail(rc, "drain");
+    }
+    return 0;
+}
+
+static int cmd_delete(cli *c, int argc, char **argv)
+{
+    if (argc != 1)
+        return usage();
+    int rc = rag_doc_delete(c->ctx, argv[0]);
+    if (rc)
+        return fail(rc, "delete");
+    if (!c->no_wait) {
+        rc = rag_drain(c->ctx, c->timeout_ms);
+        if (rc)
+            return fail(rc, "drain");
+    }
+    printf("%s deleted\n", argv[0]);
+    return 0;
+}
+
+/* ---- search / ask ------------------------------------------------------------------------------ */
+
+static json_t *results_json(const rag_results *r)
+{
+    json_t *arr = json_array();
+    for (size_t i = 0; i < r->count; i++) {
+        const rag_result *h = &r->items[i];
+        json_array_append_new(
+            arr, json_pack("{s:s, s:I, s:i, s:f, s:s, s:s, s:s}", "doc_id", h->doc_id, "version",
+                           (json_int_t)h->version, "chunk", (int)h->chunk, "score",
+                           (double)h->score, "text", h->text, "title", h->title, "uri", h->uri));
+    }
+    return arr;
+}
+
+static void print_snippet(const char *text, size_t max)
+{
+    size_t n = 0;
+    for (const char *s = text; *s && n < max; s++, n++)
+        putchar(*s == '\n' || *s == '\t' ? ' ' : *s);
+    /* finish a cut UTF-8 sequence so the terminal never sees half a character */
+    for (const char *s = text + n; *s && ((unsigned char)*s & 0xC0) == 0x80; s++)
+        putchar(*s);
+    if (strlen(text) > max)
+        fputs("...", stdout);
+}
+
+static rag_query make_query(cli *c, const char *text)
+{
+    rag_query q = RAG_QUERY_INIT;
+    q.text = text;
+    q.k = c->k;
+    q.mode = c->mode;
+    if (c->as_count) {
+        q.principals = c->as;
+        q.principal_count = c->as_count;
+    } else {
+        q.unrestricted = 1;
+    }
+    return q;
+}
+
+static int search_one(cli *c, const char *text, const char *query_id)
+{
+    rag_query q = make_query(c, text);
+    rag_results *r = NULL;
+    int rc = rag_search(c->ctx, &q, &r);
+    if (rc)
+        return fail(rc, "search");
+    if (c->json) {
+        json_t *o = json_object();
+        if (query_id)
+            json_object_set_new(o, "query_id", json_string(query_id));
+        else
+            json_object_set_new(o, "query", json_string(text));
+        json_object_set_new(o, "results", results_json(r));
+        char *s = json_dumps(o, JSON_COMPACT | JSON_ENSURE_ASCII);
+        puts(s);
+        free(s);
+        json_decref(o);
+    } else {
+        for (size_t i = 0; i < r->count; i++) {
+            const rag_result *h = &r->items[i];
+            printf("%2zu. %.4f  %s  (v%llu, chunk %u)\n", i + 1, h->score,
+                   *h->title ? h->title : h->doc_id, (unsigned long long)h->version, h->chunk);
+            printf("    %s\n    ", *h->uri ? h->uri : h->doc_id);
+            print_snippet(h->text, 200);
+            putchar('\n');
+        }
+        if (r->count == 0)
+            puts("no results");
+    }
+    rag_results_free(r);
+    return 0;
+}
+
+static int cmd_search(cli *c, int argc, char **argv)
+{
+    if (c->jsonl) {
+        FILE *f = fopen(c->jsonl, "r");
+        if (!f) {
+            fprintf(stderr, "rag: %s: %s\n", c->jsonl, strerror(errno));
+            return 1;
+        }
+        char *line = NULL;
+        size_t cap = 0;
+        ssize_t got;
+        int rc = 0;
+        c->json = 1;
+        while (rc == 0 && (got = getline(&line, &cap, f)) > 0) {
+            json_error_t jerr;
+            json_t *o = json_loadb(line, (size_t)got, 0, &jerr);
+            json_t *idv = o ? json_object_get(o, "id") : NULL;
+            const char *text = o ? json_string_value(json_object_get(o, "text")) : NULL;
+            char idbuf[64];
+            const char *id = json_string_value(idv);
+            if (!id && json_is_integer(idv)) {
+                snprintf(idbuf, sizeof idbuf, "%lld", (long long)json_integer_value(idv));
+                id = idbuf;
+            }
+            if (!id || !text) {
+                json_decref(o);
+                continue;
+            }
+            rc = search_one(c, text, id);
+            json_decref(o);
+        }
+        free(line);
+        fclose(f);
+        return rc;
+    }
+    if (argc != 1)
+        return usage();
+    return search_one(c, argv[0], NULL);
+}
+
+static int cmd_ask(cli *c, int argc, char **argv)
+{
+    if (argc != 1)
+        return usage();
+    rag_query q = make_query(c, argv[0]);
+    rag_results *r = NULL;
+    int rc = rag_search(c->ctx, &q, &r);
+    if (rc)
+        return fail(rc, "search");
+    rag_assemble_opts ao = RAG_ASSEMBLE_INIT;
+    ao.question = argv[0];
+    ao.token_budget = c->budget;
+    ao.format = c->json ? RAG_PROMPT_JSON : RAG_PROMPT_TEXT;
+    char *prompt = NULL;
+    rc = rag_assemble(c->ctx, r, &ao, &prompt);
+    rag_results_free(r);
+    if (rc)
+        return fail(rc, "assemble");
+    puts(prompt);
+    rag_free(prompt);
+    return 0;
+}
+
+/* ---- status / drain ----------------------------------------------------------------------------- */
+
+static int cmd_status(cli *c)
+{
+    rag_status_info st = {.version = RAG_STATUS_VERSION};
+    int rc = rag_status(c->ctx, &st);
+    if (rc)
+        return fail(rc, "status");
+    if (c->json) {
+        json_t *queues = json_object();
+        for (size_t i = 0; i < st.queue_count; i++)
+            json_object_set_new(queues, st.queues[i].name,
+                                json_pack("{s:I, s:I, s:I, s:I}", "depth",
+                                          (json_int_t)(st.queues[i].ready + st.queues[i].delayed +
+                                                       st.queues[i].inflight),
+                                          "ready", (json_int_t)st.queues[i].ready, "delayed",
+                                          (json_int_t)st.queues[i].delayed, "inflight",
+                                          (json_int_t)st.queues[i].inflight));
+        json_t *o = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:o}", "documents",
+                              (json_int_t)st.documents, "versions", (json_int_t)st.versions,
+                              "chunks", (json_int_t)st.chunks, "vectors", (json_int_t)st.vectors,
+                              "dead_letters", (json_int_t)st.dead_letters, "index_epoch",
+                              (json_int_t)st.index_epoch, "queues", queues);
+        char *s = json_dumps(o, JSON_COMPACT);
+        puts(s);
+        free(s);
+        json_decref(o);
+        return 0;
+    }
+    printf("documents     %llu\nversions      %llu\nchunks        %llu\nvectors       %llu\n"
+           "dead letters  %llu\nindex epoch   %llu\nqueues:\n",
+           (unsigned long long)st.documents, (unsigned long long)st.versions,
+           (unsigned long long)st.chunks, (unsigned long long)st.vectors,
+           (unsigned long long)st.dead_letters, (unsigned long long)st.index_epoch);
+    for (size_t i = 0; i < st.queue_count; i++)
+        printf("  %-16s ready %llu  delayed %llu  inflight %llu\n", st.queues[i].name,
+               (unsigned long long)st.queues[i].ready, (unsigned long long)st.queues[i].delayed,
+               (unsigned long long)st.queues[i].inflight);
+    return 0;
+}
+
+static int cmd_drain(cli *c)
+{
+    int rc = rag_drain(c->ctx, c->timeout_ms);
+    if (rc)
+        return fail(rc, "drain");
+    return 0;
+}
+
+/* ---- main -------------------------------------------------------------------------------------- */
+
+static int parse_size(const char *s, size_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || *end || end == s)
+        return -1;
+    *out = (size_t)v;
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    cli c;
+    memset(&c, 0, sizeof c);
+    rag_options_init(&c.opts);
+    c.root = getenv("RAG_ROOT");
+    c.k = 10;
+    c.budget = 2048;
+    setvbuf(stdout, NULL, _IOLBF, 0);
+
+    /* Options may appear anywhere; the first non-option word is the command. */
+    const char *cmd = NULL;
+    char **args = calloc((size_t)argc + 1, sizeof *args);
+    int nargs = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *next = i + 1 < argc ? argv[i + 1] : NULL;
+#define NEED_ARG()                                                                               \
+    do {                                                                                         \
+        if (!next) {                                                                             \
+            fprintf(stderr, "rag: %s needs a value\n", a);                                     \
+            free(args);                                                                          \
+            return 2;                                                                            \
+        }                                                                                        \
+        i++;                                                                                     \
+    } while (0)
+        if (!strcmp(a, "--version")) {
+            printf("rag %s (librag %s)\n", RAG_VERSION_STRING, rag_version_string());
+            free(args);
+            return 0;
+        } else if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            free(args);
+            usage();
+            return 0;
+        } else if (!strcmp(a, "--root")) {
+            NEED_ARG();
+            c.root = next;
+        } else if (!strcmp(a, "--no-sync")) {
+            c.opts.no_sync = 1;
+        } else if (!strcmp(a, "-k")) {
+            NEED_ARG();
+            if (parse_size(next, &c.k) || c.k == 0) {
+                fprintf(stderr, "rag: -k needs a positive number\n");
+                free(args);
+                return 2;
+            }
+        } else if (!strcmp(a, "--budget")) {
+            NEED_ARG();
+            if (parse_size(next, &c.budget) || c.budget == 0) {
+                fprintf(stderr, "rag: --budget needs a positive number\n");
+                free(args);
+                return 2;
+            }
+        } else if (!strcmp(a, "--timeout")) {
+            NEED_ARG();
+            size_t t;
+            if (parse_size(next, &t)) {
+                fprintf(stderr, "rag: --timeout needs milliseconds\n");
+                free(args);
+                return 2;
+            }
+            c.timeout_ms = (uint32_t)t;
+        } else if (!strcmp(a, "--json")) {
+            c.json = 1;
+        } else if (!strcmp(a, "--no-wait")) {
+            c.no_wait = 1;
+        } else if (!strcmp(a, "--all")) {
+            c.all_files = 1;
+        } else if (!strcmp(a, "--jsonl")) {
+            NEED_ARG();
+            c.jsonl = next;
+        } else if (!strcmp(a, "--acl")) {
+            NEED_ARG();
+            free(c.acl_buf);
+            c.acl_buf = strdup(next);
+            c.acl_count = split_list(c.acl_buf, c.acl, 64);
+        } else if (!strcmp(a, "--as")) {
+            NEED_ARG();
+            free(c.as_buf);
+            c.as_buf = strdup(next);
+            c.as_count = split_list(c.as_buf, c.as, 64);
+        } else if (!strcmp(a, "--mime")) {
+            NEED_ARG();
+            c.mime = next;
+        } else if (!strcmp(a, "--title")) {
+            NEED_ARG();
+            c.title = next;
+        } else if (!strcmp(a, "--uri")) {
+            NEED_ARG();
+            c.uri = next;
+        } else if (!strcmp(a, "--key")) {
+            NEED_ARG();
+            c.key = next;
+        } else if (!strcmp(a, "--mode")) {
+            NEED_ARG();
+            if (!strcmp(next, "vector"))
+                c.mode = RAG_MODE_VECTOR;
+            else if (!strcmp(next, "lexical"))
+                c.mode = RAG_MODE_LEXICAL;
+            else if (!strcmp(next, "hybrid"))
+                c.mode = RAG_MODE_HYBRID;
+            else if (!strcmp(next, "default"))
+                c.mode = RAG_MODE_DEFAULT;
+            else {
+                fprintf(stderr, "rag: --mode is vector, lexical, hybrid or default\n");
+                free(args);
+                return 2;
+            }
+        } else if (a[0] == '-' && a[1] && !cmd) {
+            fprintf(stderr, "rag: unknown option %s\n", a);
+            free(args);
+            return usage();
+        } else if (!cmd) {
+            cmd = a;
+        } else {
+            args[nargs++] = argv[i];
+        }
+#undef NEED_ARG
+    }
+    if (!cmd) {
+        free(args);
+        return usage();
+    }
+
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+
+    int known = !strcmp(cmd, "ingest") || !strcmp(cmd, "put") || !strcmp(cmd, "delete") ||
+                !strcmp(cmd, "search") || !strcmp(cmd, "ask") || !strcmp(cmd, "status") ||
+                !strcmp(cmd, "drain");
+    if (!known) {
+        fprintf(stderr, "rag: unknown command %s\n", cmd);
+        free(args);
+        return usage();
+    }
+    int rc = open_ctx(&c);
+    if (rc) {
+        free(args);
+        return rc;
+    }
+    if (!strcmp(cmd, "ingest")) {
+        /* Workers embed and index while this thread parses: both cores busy. */
+        rc = rag_start(c.ctx);
+        if (rc)
+            rc = fail(rc, "start");
+        else if (c.jsonl)
+            rc = cmd_ingest_jsonl(&c);
+        else if (nargs == 0)
+            rc = usage();
+        else
+            rc = cmd_ingest_files(&c, nargs, args);
+    } else if (!strcmp(cmd, "put")) {
+        rc = cmd_put(&c, nargs, args);
+    } else if (!strcmp(cmd, "delete")) {
+        rc = cmd_delete(&c, nargs, args);
+    } else if (!strcmp(cmd, "search")) {
+        rc = cmd_search(&c, nargs, args);
+    } else if (!strcmp(cmd, "ask")) {
+        rc = cmd_ask(&c, nargs, args);
+    } else if (!strcmp(cmd, "status")) {
+        rc = cmd_status(&c);
+    } else if (!strcmp(cmd, "drain")) {
+        rc = cmd_drain(&c);
+    }
+    rag_close(c.ctx);
+    free(c.acl_buf);
+    free(c.as_buf);
+    free(args);
+    return rc;
+}

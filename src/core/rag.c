@@ -1,0 +1,555 @@
+/*
+ * The public API façade.  It owns nothing but wiring: it opens each module (each opens its own
+ * env), hands retrieve the read interfaces of ingest and index, registers the consumers with
+ * the queue, and runs them on worker threads (rag_start) or on the caller's thread
+ * (rag_drain without workers).  It never touches a module's tables.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ragcore/providers.h"
+#include "rag_assemble_api.h"
+#include "rag_common.h"
+#include "rag_embed_api.h"
+#include "rag_events.h"
+#include "rag_index_api.h"
+#include "rag_ingest_api.h"
+#include "rag_queue.h"
+#include "rag_retrieve_api.h"
+
+/* On-disk layout version of a root; bumped on incompatible changes. */
+#define RAG_ROOT_FORMAT 1
+#define RAG_MAX_CONSUMERS 4
+
+typedef struct rag_worker {
+    rag_ctx *ctx;
+    rag_consumer *consumer;
+    pthread_t thread;
+} rag_worker;
+
+struct rag_ctx {
+    rag_config cfg;
+    int lock_fd;
+    rag_embed_provider provider;
+    int have_provider;
+    rag_queue_transport transport;
+    int have_transport;
+    rag_queue_policy policy;
+
+    rag_ingest *ingest;
+    rag_embed *embed;
+    rag_index *index;
+    rag_retrieve *retrieve;
+    rag_assembler *assembler;
+
+    rag_consumer *consumers[RAG_MAX_CONSUMERS];
+    size_t consumer_count;
+    rag_outbox *outboxes[3];
+    size_t outbox_count;
+
+    rag_worker workers[RAG_MAX_CONSUMERS];
+    int started;
+    atomic_int stopping;
+    pthread_mutex_t pump_lock; /* one inline pump at a time */
+};
+
+/* ---- root directory: lock and format version ------------------------------------------- */
+
+static int root_lock(rag_ctx *ctx)
+{
+    char path[RAG_PATH_MAX + 16];
+    snprintf(path, sizeof path, "%s/LOCK", ctx->cfg.root);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return rag_error_set(RAG_EIO, "cannot open %s: %s", path, strerror(errno));
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        int e = errno;
+        close(fd);
+        if (e == EWOULDBLOCK)
+            return rag_error_set(RAG_EBUSY, "root %s is open in another process", ctx->cfg.root);
+        return rag_error_set(RAG_EIO, "cannot lock %s: %s", path, strerror(e));
+    }
+    ctx->lock_fd = fd;
+    return RAG_OK;
+}
+
+static int root_format_check(rag_ctx *ctx)
+{
+    char path[RAG_PATH_MAX + 16];
+    snprintf(path, sizeof path, "%s/FORMAT", ctx->cfg.root);
+    FILE *f = fopen(path, "r");
+    if (f) {
+        int v = 0;
+        int ok = fscanf(f, "ragcore-root %d", &v) == 1;
+        fclose(f);
+        if (!ok)
+            return rag_error_set(RAG_ECORRUPT, "%s is not a ragcore format file", path);
+        if (v != RAG_ROOT_FORMAT)
+            return rag_error_set(RAG_EVERSION,
+                                 "root %s has format %d; this library reads format %d",
+                                 ctx->cfg.root, v, RAG_ROOT_FORMAT);
+        return RAG_OK;
+    }
+    /* New root: write the format file durably before any module creates data. */
+    char tmp[RAG_PATH_MAX + 32];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    f = fopen(tmp, "w");
+    if (!f)
+        return rag_error_set(RAG_EIO, "cannot create %s: %s", tmp, strerror(errno));
+    fprintf(f, "ragcore-root %d\n", RAG_ROOT_FORMAT);
+    int bad = fflush(f) != 0 || fsync(fileno(f)) != 0;
+    bad |= fclose(f) != 0;
+    if (bad || rename(tmp, path) != 0)
+        return rag_error_set(RAG_EIO, "cannot write %s: %s", path, strerror(errno));
+    return RAG_OK;
+}
+
+/* ---- open / close ------------------------------------------------------------------------ */
+
+static void add_consumer(rag_ctx *ctx, rag_consumer *c)
+{
+    if (c && ctx->consumer_count < RAG_MAX_CONSUMERS)
+        ctx->consumers[ctx->consumer_count++] = c;
+}
+
+static int relay_all(rag_ctx *ctx)
+{
+    int first = RAG_OK;
+    for (size_t i = 0; i < ctx->outbox_count; i++) {
+        size_t moved = 0;
+        int rc = rag_outbox_relay(ctx->outboxes[i], &ctx->transport, 0, &moved);
+        if (rc && !first)
+            first = rc;
+    }
+    return first;
+}
+
+static int open_modules(rag_ctx *ctx)
+{
+    int rc = rag_ingest_open(&ctx->ingest, &ctx->cfg);
+    if (rc)
+        return rc;
+    rc = rag_embed_open(&ctx->embed, &ctx->cfg, &ctx->provider);
+    if (rc)
+        return rc;
+    rag_vector_backend *backend = NULL;
+    rc = rag_vector_backend_faiss_new(&backend, ctx->provider.dim, ctx->cfg.index_factory);
+    if (rc)
+        return rc;
+    rc = rag_index_open(&ctx->index, &ctx->cfg, backend);
+    if (rc)
+        return rc;
+    rc = rag_retrieve_open(&ctx->retrieve, &ctx->cfg, &ctx->provider,
+                           rag_ingest_reader_get(ctx->ingest), rag_index_reader_get(ctx->index));
+    if (rc)
+        return rc;
+    rc = rag_assembler_open(&ctx->assembler, &ctx->cfg);
+    if (rc)
+        return rc;
+
+    add_consumer(ctx, rag_embed_consumer(ctx->embed));
+    add_consumer(ctx, rag_index_consumer_embedded(ctx->index));
+    add_consumer(ctx, rag_index_consumer_deleted(ctx->index));
+    add_consumer(ctx, rag_ingest_consumer(ctx->ingest));
+    for (size_t i = 0; i < ctx->consumer_count; i++) {
+        rc = rag_consumer_init(ctx->consumers[i]);
+        if (rc)
+            return rc;
+    }
+    ctx->outboxes[ctx->outbox_count++] = rag_ingest_outbox(ctx->ingest);
+    ctx->outboxes[ctx->outbox_count++] = rag_embed_outbox(ctx->embed);
+    ctx->outboxes[ctx->outbox_count++] = rag_index_outbox(ctx->index);
+    /* Rows a crashed process committed but never relayed go out now. */
+    rc = relay_all(ctx);
+    return rc;
+}
+
+int rag_open(rag_ctx **out, const char *root, const rag_options *opts)
+{
+    rag_error_clear();
+    if (!out)
+        return rag_error_set(RAG_EINVAL, "out is NULL");
+    *out = NULL;
+    rag_ctx *ctx = calloc(1, sizeof *ctx);
+    if (!ctx)
+        return rag_error_set(RAG_ENOMEM, "out of memory");
+    ctx->lock_fd = -1;
+    pthread_mutex_init(&ctx->pump_lock, NULL);
+    atomic_init(&ctx->stopping, 0);
+
+    /* Take ownership of caller-supplied vtables first, so that every failure path below
+     * releases their state exactly once (as documented). */
+    if (opts && opts->version >= 1 && opts->provider) {
+        ctx->provider = *opts->provider;
+        ctx->have_provider = 1;
+    }
+    if (opts && opts->version >= 1 && opts->transport) {
+        ctx->transport = *opts->transport;
+        ctx->have_transport = 1;
+    }
+
+    int rc = rag_config_init(&ctx->cfg, root, opts);
+    if (rc)
+        goto fail;
+    if (ctx->have_provider) {
+        rc = rag_embed_provider_check(&ctx->provider);
+        if (rc)
+            goto fail;
+    } else {
+        if (strcmp(ctx->cfg.embed_mode, "hash") != 0) {
+            rc = rag_error_set(RAG_EINVAL,
+                               "embed_mode \"%s\": the built-in provider without a table "
+                               "supports \"hash\" (use rag_embed_cpu_table_init for tables)",
+                               ctx->cfg.embed_mode);
+            goto fail;
+        }
+        rc = rag_embed_cpu_hash_init(&ctx->provider, ctx->cfg.embed_dim);
+        if (rc)
+            goto fail;
+        ctx->have_provider = 1;
+    }
+    if (ctx->have_transport) {
+        if (ctx->transport.version == 0 || ctx->transport.version > RAG_QUEUE_TRANSPORT_VERSION) {
+            rc = rag_error_set(RAG_EVERSION, "queue transport version %u not supported",
+                               ctx->transport.version);
+            goto fail;
+        }
+        if (!ctx->transport.publish || !ctx->transport.fetch || !ctx->transport.ack ||
+            !ctx->transport.nak || !ctx->transport.release || !ctx->transport.depth) {
+            rc = rag_error_set(RAG_EINVAL, "queue transport lacks a required slot");
+            goto fail;
+        }
+    }
+
+    rc = rag_mkdir_p(ctx->cfg.root);
+    if (rc)
+        goto fail;
+    rc = root_lock(ctx);
+    if (rc)
+        goto fail;
+    rc = root_format_check(ctx);
+    if (rc)
+        goto fail;
+    if (!ctx->have_transport) {
+        rag_queue_transport *t = NULL;
+        rc = rag_queue_lmdb_transport_new(&t, &ctx->cfg);
+        if (rc)
+            goto fail;
+        ctx->transport = *t;
+        free(t);
+        ctx->have_transport = 1;
+    }
+    rag_queue_policy_from_config(&ctx->policy, &ctx->cfg);
+    rc = open_modules(ctx);
+    if (rc)
+        goto fail;
+    *out = ctx;
+    return RAG_OK;
+fail:
+    {
+        /* keep the detail of the first failure across the cleanup */
+        char detail[512];
+        snprintf(detail, sizeof detail, "%s", rag_error_last());
+        rag_close(ctx);
+        return rag_error_set(rc, "%s", detail);
+    }
+}
+
+void rag_close(rag_ctx *ctx)
+{
+    if (!ctx)
+        return;
+    rag_stop(ctx);
+    if (ctx->have_transport && ctx->consumer_count)
+        relay_all(ctx);
+    rag_assembler_close(ctx->assembler);
+    rag_retrieve_close(ctx->retrieve);
+    rag_index_close(ctx->index);
+    rag_embed_close(ctx->embed);
+    rag_ingest_close(ctx->ingest);
+    if (ctx->have_transport && ctx->transport.free)
+        ctx->transport.free(ctx->transport.state);
+    if (ctx->have_provider && ctx->provider.free)
+        ctx->provider.free(ctx->provider.state);
+    if (ctx->lock_fd >= 0)
+        close(ctx->lock_fd); /* releases the flock */
+    pthread_mutex_destroy(&ctx->pump_lock);
+    free(ctx);
+}
+
+/* ---- workers ------------------------------------------------------------------------------ */
+
+static void *worker_main(void *arg)
+{
+    rag_worker *w = arg;
+    rag_ctx *ctx = w->ctx;
+    while (!atomic_load(&ctx->stopping)) {
+        size_t processed = 0;
+        int rc = rag_consumer_run_once(w->consumer, &ctx->transport, &ctx->policy, &processed);
+        if (processed > 0)
+            continue;
+        /* Idle (or failing): push any outbox rows a failed relay left behind, then wait
+         * for a publish to our topic instead of spinning. */
+        if (w->consumer->outbox) {
+            size_t moved = 0;
+            rag_outbox_relay(w->consumer->outbox, &ctx->transport, 0, &moved);
+        }
+        uint32_t wait_ms = rc ? 100 : 250;
+        if (ctx->transport.wait) {
+            ctx->transport.wait(ctx->transport.state, w->consumer->topic, wait_ms);
+        } else {
+            struct timespec ts = {0, 10 * 1000000L};
+            nanosleep(&ts, NULL);
+        }
+    }
+    return NULL;
+}
+
+int rag_start(rag_ctx *ctx)
+{
+    if (!ctx)
+        return rag_error_set(RAG_EINVAL, "ctx is NULL");
+    if (ctx->started)
+        return rag_error_set(RAG_ESTATE, "workers already started");
+    atomic_store(&ctx->stopping, 0);
+    for (size_t i = 0; i < ctx->consumer_count; i++) {
+        rag_worker *w = &ctx->workers[i];
+        w->ctx = ctx;
+        w->consumer = ctx->consumers[i];
+        if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
+            atomic_store(&ctx->stopping, 1);
+            if (ctx->transport.wake_all)
+                ctx->transport.wake_all(ctx->transport.state);
+            for (size_t j = 0; j < i; j++)
+                pthread_join(ctx->workers[j].thread, NULL);
+            return rag_error_set(RAG_ERROR, "cannot start worker thread");
+        }
+    }
+    ctx->started = 1;
+    return RAG_OK;
+}
+
+int rag_stop(rag_ctx *ctx)
+{
+    if (!ctx)
+        return rag_error_set(RAG_EINVAL, "ctx is NULL");
+    if (!ctx->started)
+        return RAG_OK;
+    atomic_store(&ctx->stopping, 1);
+    if (ctx->transport.wake_all)
+        ctx->transport.wake_all(ctx->transport.state);
+    for (size_t i = 0; i < ctx->consumer_count; i++)
+        pthread_join(ctx->workers[i].thread, NULL);
+    ctx->started = 0;
+    return RAG_OK;
+}
+
+/* Work left anywhere: outbox rows not yet relayed, or messages in any topic. */
+static int pending_work(rag_ctx *ctx, uint64_t *total)
+{
+    uint64_t sum = 0;
+    for (size_t i = 0; i < ctx->outbox_count; i++) {
+        uint64_t n = 0;
+        int rc = rag_outbox_pending(ctx->outboxes[i], &n);
+        if (rc)
+            return rc;
+        sum += n;
+    }
+    for (size_t i = 0; i < ctx->consumer_count; i++) {
+        uint64_t n = 0;
+        int rc = rag_queue_total_depth(&ctx->transport, ctx->consumers[i]->topic, &n);
+        if (rc)
+            return rc;
+        sum += n;
+    }
+    *total = sum;
+    return RAG_OK;
+}
+
+int rag_drain(rag_ctx *ctx, uint32_t timeout_ms)
+{
+    if (!ctx)
+        return rag_error_set(RAG_EINVAL, "ctx is NULL");
+    uint64_t deadline = timeout_ms ? rag_mono_ms() + timeout_ms : 0;
+    for (;;) {
+        int progressed = 0;
+        if (!ctx->started) {
+            /* No workers: do the work on this thread, one batch per consumer per round. */
+            pthread_mutex_lock(&ctx->pump_lock);
+            relay_all(ctx);
+            for (size_t i = 0; i < ctx->consumer_count; i++) {
+                size_t processed = 0;
+                int rc = rag_consumer_run_once(ctx->consumers[i], &ctx->transport, &ctx->policy,
+                                               &processed);
+                if (rc && rc != RAG_ETRANSIENT) {
+                    pthread_mutex_unlock(&ctx->pump_lock);
+                    return rc;
+                }
+                progressed |= processed > 0;
+            }
+            pthread_mutex_unlock(&ctx->pump_lock);
+        }
+        uint64_t left = 0;
+        int rc = pending_work(ctx, &left);
+        if (rc)
+            return rc;
+        if (left == 0)
+            return RAG_OK;
+        if (deadline && rag_mono_ms() >= deadline)
+            return rag_error_set(RAG_ETIMEOUT, "%llu queue entries still pending after %u ms",
+                                 (unsigned long long)left, timeout_ms);
+        if (!progressed) {
+            /* Nothing visible yet (retry backoff or workers busy): don't spin. */
+            struct timespec ts = {0, 2 * 1000000L};
+            nanosleep(&ts, NULL);
+        }
+    }
+}
+
+/* ---- documents ------------------------------------------------------------------------------ */
+
+int rag_doc_put_batch(rag_ctx *ctx, const rag_doc *docs, size_t n, rag_put_result *results)
+{
+    rag_error_clear();
+    if (!ctx || (!docs && n) || !results)
+        return rag_error_set(RAG_EINVAL, "ctx, docs and results are required");
+    if (n == 0)
+        return RAG_OK;
+    int rc = rag_ingest_put_batch(ctx->ingest, docs, n, results);
+    if (rc)
+        return rc;
+    /* The events are durable in ingest's outbox; hand them to the broker now so workers see
+     * them at once. A relay failure is not the caller's failure: the rows stay and the next
+     * relay (workers, drain, open) sends them. */
+    size_t moved = 0;
+    rag_outbox_relay(rag_ingest_outbox(ctx->ingest), &ctx->transport, 0, &moved);
+    return RAG_OK;
+}
+
+int rag_doc_put(rag_ctx *ctx, const rag_doc *doc, uint64_t *version_out)
+{
+    if (!doc)
+        return rag_error_set(RAG_EINVAL, "doc is NULL");
+    rag_put_result r = {0, 0};
+    int rc = rag_doc_put_batch(ctx, doc, 1, &r);
+    if (rc)
+        return rc;
+    if (r.code == RAG_OK && version_out)
+        *version_out = r.version;
+    return r.code;
+}
+
+int rag_doc_delete(rag_ctx *ctx, const char *doc_id)
+{
+    rag_error_clear();
+    if (!ctx)
+        return rag_error_set(RAG_EINVAL, "ctx is NULL");
+    int rc = rag_doc_id_check(doc_id);
+    if (rc)
+        return rc;
+    rc = rag_ingest_delete(ctx->ingest, doc_id);
+    if (rc)
+        return rc;
+    size_t moved = 0;
+    rag_outbox_relay(rag_ingest_outbox(ctx->ingest), &ctx->transport, 0, &moved);
+    return RAG_OK;
+}
+
+/* ---- search, assembly, status ------------------------------------------------------------------ */
+
+int rag_search(rag_ctx *ctx, const rag_query *query, rag_results **out)
+{
+    rag_error_clear();
+    if (!ctx || !query || !out)
+        return rag_error_set(RAG_EINVAL, "ctx, query and out are required");
+    *out = NULL;
+    return rag_retrieve_search(ctx->retrieve, query, out);
+}
+
+void rag_results_free(rag_results *results) { rag_retrieve_results_free(results); }
+
+int rag_assemble(rag_ctx *ctx, const rag_results *results, const rag_assemble_opts *opts,
+                 char **prompt_out)
+{
+    rag_error_clear();
+    if (!ctx || !results || !opts || !prompt_out)
+        return rag_error_set(RAG_EINVAL, "ctx, results, opts and prompt_out are required");
+    *prompt_out = NULL;
+    return rag_assembler_build(ctx->assembler, results, opts, prompt_out);
+}
+
+static void status_queue(rag_status_info *out, const char *name, uint64_t ready, uint64_t delayed,
+                         uint64_t inflight)
+{
+    if (out->queue_count >= RAG_STATUS_MAX_QUEUES)
+        return;
+    rag_status_queue *q = &out->queues[out->queue_count++];
+    snprintf(q->name, sizeof q->name, "%s", name);
+    q->ready = ready;
+    q->delayed = delayed;
+    q->inflight = inflight;
+}
+
+int rag_status(rag_ctx *ctx, rag_status_info *out)
+{
+    rag_error_clear();
+    if (!ctx || !out)
+        return rag_error_set(RAG_EINVAL, "ctx and out are required");
+    if (out->version == 0 || out->version > RAG_STATUS_VERSION)
+        return rag_error_set(RAG_EVERSION, "rag_status_info version %u not supported",
+                             out->version);
+    unsigned int version = out->version;
+    memset(out, 0, sizeof *out);
+    out->version = version;
+
+    rag_ingest_stats is;
+    int rc = rag_ingest_stats_get(ctx->ingest, &is);
+    if (rc)
+        return rc;
+    rag_index_stats xs;
+    rc = rag_index_stats_get(ctx->index, &xs);
+    if (rc)
+        return rc;
+    out->documents = is.documents;
+    out->versions = is.versions;
+    out->chunks = is.chunks;
+    out->vectors = xs.vectors;
+    out->index_epoch = xs.epoch;
+    for (size_t i = 0; i < ctx->consumer_count; i++) {
+        uint64_t dead = 0;
+        rc = rag_dead_count(ctx->consumers[i]->env, &dead);
+        if (rc)
+            return rc;
+        /* Two consumers may share an env (index): count each env once. */
+        int seen = 0;
+        for (size_t j = 0; j < i; j++)
+            seen |= ctx->consumers[j]->env == ctx->consumers[i]->env;
+        if (!seen)
+            out->dead_letters += dead;
+        rag_queue_depth d;
+        rc = ctx->transport.depth(ctx->transport.state, ctx->consumers[i]->topic, &d);
+        if (rc)
+            return rc;
+        status_queue(out, ctx->consumers[i]->topic, d.ready, d.delayed, d.inflight);
+    }
+    for (size_t i = 0; i < ctx->outbox_count; i++) {
+        uint64_t n = 0;
+        rc = rag_outbox_pending(ctx->outboxes[i], &n);
+        if (rc)
+            return rc;
+        char name[RAG_QUEUE_TOPIC_MAX];
+        snprintf(name, sizeof name, "outbox:%s", rag_outbox_module(ctx->outboxes[i]));
+        status_queue(out, name, n, 0, 0);
+    }
+    return RAG_OK;
+}
