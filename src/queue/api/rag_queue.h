@@ -96,6 +96,13 @@ typedef struct rag_dead_letter {
 int rag_dead_count(MDB_env *env, uint64_t *count);
 /* Calls `fn` for each dead letter (stops when fn returns nonzero). */
 int rag_dead_list(MDB_env *env, int (*fn)(void *arg, const rag_dead_letter *dl), void *arg);
+/* Remove one dead letter (its inbox record stays, so redeliveries are still skipped).
+ * RAG_ENOTFOUND when there is no such dead letter. */
+int rag_dead_drop(MDB_env *env, const char *id);
+/* Re-drive one dead letter: in one txn of the outbox's env (which must be the consumer env
+ * holding the dead letter) its payload is appended to `ob` under a NEW id (the old id is in
+ * the inbox) and the dead letter is deleted; relay `ob` afterwards. `new_id` may be NULL. */
+int rag_dead_retry(rag_outbox *ob, const char *id, char new_id[RAG_QUEUE_MSGID_MAX]);
 
 /* Depth of a topic, all states summed. */
 int rag_queue_total_depth(const rag_queue_transport *t, const char *topic, uint64_t *total);

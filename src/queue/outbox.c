@@ -1,0 +1,252 @@
+/*
+ * The transactional outbox: events are rows of the producer's own env, written in the same
+ * write txn as the state change they announce, and handed to the transport by a relay that
+ * deletes them only after the transport accepted them.
+ *
+ * Tables (in the producer's env)
+ *   "__outbox"       be64 seq -> {str topic, str id, payload bytes}
+ *   "__outbox_meta"  "next" -> u64 next outbox sequence
+ *
+ * The sequence is persisted in the caller's txn together with the row, so ids
+ * ("<module>-<16 hex>") never repeat across restarts, even after every row was relayed and
+ * deleted.  A relay that crashes after publish but before the delete re-publishes the same
+ * ids; the broker drops ids it still holds and consumers' inboxes drop the rest.
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "rag_queue.h"
+#include "rag_queue_internal.h"
+
+/* A relay batch: bounded so that one publish txn and the memory it pins stay modest. */
+#define RELAY_MAX_ROWS 512
+#define RELAY_MAX_BYTES ((size_t)8 * 1024 * 1024)
+/* "-" + 16 hex digits + NUL */
+#define MODULE_MAX (RAG_QUEUE_MSGID_MAX - 18)
+
+struct rag_outbox {
+    MDB_env *env;
+    MDB_dbi rows, meta;
+    char module[MODULE_MAX];
+    pthread_mutex_t relay_mu; /* concurrent relays serialise: each row is published once */
+};
+
+static const char next_key[] = "next";
+
+int rag_outbox_open(rag_outbox **out, MDB_env *env, const char *module)
+{
+    if (!out || !env || !module || !*module)
+        return rag_error_set(RAG_EINVAL, "outbox: open needs out, env and module");
+    *out = NULL;
+    if (strlen(module) >= MODULE_MAX)
+        return rag_error_set(RAG_EINVAL, "outbox: module name '%s' longer than %d bytes",
+                             module, MODULE_MAX - 1);
+    rag_outbox *ob = calloc(1, sizeof *ob);
+    if (!ob)
+        return rag_error_set(RAG_ENOMEM, "outbox");
+    ob->env = env;
+    strcpy(ob->module, module);
+    int rc = rag_dbi_open(env, "__outbox", 0, &ob->rows);
+    if (!rc)
+        rc = rag_dbi_open(env, "__outbox_meta", 0, &ob->meta);
+    if (rc) {
+        free(ob);
+        return rc;
+    }
+    pthread_mutex_init(&ob->relay_mu, NULL);
+    *out = ob;
+    return RAG_OK;
+}
+
+void rag_outbox_free(rag_outbox *ob)
+{
+    if (!ob)
+        return;
+    pthread_mutex_destroy(&ob->relay_mu);
+    free(ob);
+}
+
+const char *rag_outbox_module(const rag_outbox *ob) { return ob ? ob->module : ""; }
+
+MDB_env *rag_queue__outbox_env(const rag_outbox *ob) { return ob ? ob->env : NULL; }
+
+int rag_outbox_add(rag_outbox *ob, MDB_txn *txn, const char *topic, const void *data,
+                   size_t len, char id_out[RAG_QUEUE_MSGID_MAX])
+{
+    if (!ob || !txn || !topic || (len && !data))
+        return rag_error_set(RAG_EINVAL, "outbox: add needs ob, txn, topic and data");
+    if (!*topic || strlen(topic) >= RAG_QUEUE_TOPIC_MAX)
+        return rag_error_set(RAG_EINVAL, "outbox: topic missing or longer than %d bytes",
+                             RAG_QUEUE_TOPIC_MAX - 1);
+    MDB_val mk = {sizeof next_key - 1, (void *)next_key}, mv;
+    uint64_t seq = 1;
+    int mrc = mdb_get(txn, ob->meta, &mk, &mv);
+    if (mrc == 0 && mv.mv_size == 8)
+        memcpy(&seq, mv.mv_data, 8);
+    else if (mrc && mrc != MDB_NOTFOUND)
+        return rag_mdb_error(mrc, "outbox: read sequence");
+    uint64_t next = seq + 1;
+    mv.mv_size = 8;
+    mv.mv_data = &next;
+    mrc = mdb_put(txn, ob->meta, &mk, &mv, 0);
+    if (mrc)
+        return rag_mdb_error(mrc, "outbox: write sequence");
+
+    char id[RAG_QUEUE_MSGID_MAX];
+    snprintf(id, sizeof id, "%s-%016llx", ob->module, (unsigned long long)seq);
+    rag_wbuf w;
+    rag_wbuf_init(&w);
+    rag_wbuf_cstr(&w, topic);
+    rag_wbuf_cstr(&w, id);
+    rag_wbuf_bytes(&w, data, len);
+    if (w.err) {
+        int e = w.err;
+        rag_wbuf_free(&w);
+        return rag_error_set(e, "outbox: cannot encode a %zu-byte event", len);
+    }
+    uint8_t k[8];
+    rag_be64_put(k, seq);
+    MDB_val key = {8, k}, val = {w.len, w.data};
+    mrc = mdb_put(txn, ob->rows, &key, &val, MDB_NOOVERWRITE);
+    rag_wbuf_free(&w);
+    if (mrc)
+        return rag_mdb_error(mrc, "outbox: write row");
+    if (id_out)
+        memcpy(id_out, id, sizeof id);
+    return RAG_OK;
+}
+
+static int decode_row(const MDB_val *v, rag_queue_message *m)
+{
+    rag_rbuf r;
+    rag_rbuf_init(&r, v->mv_data, v->mv_size);
+    size_t tl, il;
+    const char *t = rag_rbuf_str(&r, &tl);
+    const char *id = rag_rbuf_str(&r, &il);
+    if (r.err || tl == 0 || tl >= sizeof m->topic || il == 0 || il >= sizeof m->id)
+        return rag_error_set(RAG_ECORRUPT, "outbox: malformed row");
+    memset(m, 0, sizeof *m);
+    memcpy(m->topic, t, tl + 1);
+    memcpy(m->id, id, il + 1);
+    m->size = r.len - r.off;
+    m->data = (const uint8_t *)r.data + r.off;
+    return RAG_OK;
+}
+
+/* One batch: read rows (payloads point into the read txn's map, valid until it ends),
+ * publish them, then delete them in a write txn of their own. */
+static int relay_batch(rag_outbox *ob, const rag_queue_transport *t, size_t limit,
+                       rag_queue_message *msgs, uint64_t *seqs, size_t *n_out)
+{
+    *n_out = 0;
+    MDB_txn *rtxn;
+    int mrc = mdb_txn_begin(ob->env, NULL, MDB_RDONLY, &rtxn);
+    if (mrc)
+        return rag_mdb_error(mrc, "outbox: relay read txn");
+    MDB_cursor *cur;
+    mrc = mdb_cursor_open(rtxn, ob->rows, &cur);
+    if (mrc) {
+        mdb_txn_abort(rtxn);
+        return rag_mdb_error(mrc, "outbox: relay cursor");
+    }
+    int rc = RAG_OK;
+    size_t n = 0, bytes = 0;
+    MDB_val key, val;
+    mrc = mdb_cursor_get(cur, &key, &val, MDB_FIRST);
+    while (mrc == 0 && n < limit && (n == 0 || bytes + val.mv_size <= RELAY_MAX_BYTES)) {
+        if (key.mv_size != 8) {
+            rc = rag_error_set(RAG_ECORRUPT, "outbox: malformed key");
+            break;
+        }
+        rc = decode_row(&val, &msgs[n]);
+        if (rc)
+            break;
+        seqs[n++] = rag_be64_get(key.mv_data);
+        bytes += val.mv_size;
+        mrc = mdb_cursor_get(cur, &key, &val, MDB_NEXT);
+    }
+    mdb_cursor_close(cur);
+    if (!rc && mrc && mrc != MDB_NOTFOUND)
+        rc = rag_mdb_error(mrc, "outbox: relay scan");
+    if (!rc && n)
+        rc = t->publish(t->state, msgs, n);
+    mdb_txn_abort(rtxn);
+    if (rc || !n)
+        return rc;
+
+    MDB_txn *wtxn;
+    mrc = mdb_txn_begin(ob->env, NULL, 0, &wtxn);
+    if (mrc)
+        return rag_mdb_error(mrc, "outbox: relay delete txn");
+    for (size_t i = 0; i < n; i++) {
+        uint8_t k[8];
+        rag_be64_put(k, seqs[i]);
+        MDB_val dk = {8, k};
+        mrc = mdb_del(wtxn, ob->rows, &dk, NULL);
+        if (mrc && mrc != MDB_NOTFOUND) {
+            mdb_txn_abort(wtxn);
+            return rag_mdb_error(mrc, "outbox: relay delete");
+        }
+    }
+    mrc = mdb_txn_commit(wtxn);
+    if (mrc)
+        return rag_mdb_error(mrc, "outbox: relay delete commit");
+    *n_out = n;
+    return RAG_OK;
+}
+
+int rag_outbox_relay(rag_outbox *ob, const rag_queue_transport *t, size_t max, size_t *moved)
+{
+    if (moved)
+        *moved = 0;
+    if (!ob || !t || !t->publish)
+        return rag_error_set(RAG_EINVAL, "outbox: relay needs an outbox and a transport");
+    rag_queue_message *msgs = malloc(RELAY_MAX_ROWS * sizeof *msgs);
+    uint64_t *seqs = malloc(RELAY_MAX_ROWS * sizeof *seqs);
+    if (!msgs || !seqs) {
+        free(msgs);
+        free(seqs);
+        return rag_error_set(RAG_ENOMEM, "outbox: relay");
+    }
+    int rc = RAG_OK;
+    size_t total = 0;
+    pthread_mutex_lock(&ob->relay_mu);
+    for (;;) {
+        size_t limit = RELAY_MAX_ROWS;
+        if (max && max - total < limit)
+            limit = max - total;
+        if (limit == 0)
+            break;
+        size_t n;
+        rc = relay_batch(ob, t, limit, msgs, seqs, &n);
+        total += n;
+        if (rc || n == 0)
+            break;
+    }
+    pthread_mutex_unlock(&ob->relay_mu);
+    free(msgs);
+    free(seqs);
+    if (moved)
+        *moved = total;
+    return rc;
+}
+
+int rag_outbox_pending(rag_outbox *ob, uint64_t *count)
+{
+    if (!ob || !count)
+        return rag_error_set(RAG_EINVAL, "outbox: pending needs ob and count");
+    *count = 0;
+    MDB_txn *txn;
+    int mrc = mdb_txn_begin(ob->env, NULL, MDB_RDONLY, &txn);
+    if (mrc)
+        return rag_mdb_error(mrc, "outbox: pending txn");
+    MDB_stat st;
+    mrc = mdb_stat(txn, ob->rows, &st);
+    mdb_txn_abort(txn);
+    if (mrc)
+        return rag_mdb_error(mrc, "outbox: stat");
+    *count = st.ms_entries;
+    return RAG_OK;
+}
