@@ -98,6 +98,17 @@ static int process_one(rag_consumer *c, MDB_txn *batch, const rag_queue_policy *
     }
     if (mrc != MDB_NOTFOUND)
         return rag_mdb_error(mrc, "consumer: inbox lookup");
+    if (m->attempts > p->max_attempts) {
+        /* Delivered more often than allowed without any recorded outcome: earlier deliveries
+         * crashed the process or failed whole batches. Handling it again could crash again,
+         * so it goes to the dead letters instead of looping forever. */
+        char reason[256];
+        snprintf(reason, sizeof reason, "delivered %u times without an outcome (limit %u)",
+                 m->attempts, p->max_attempts);
+        int drc = dead_letter(c, batch, m, RAG_ETRANSIENT, reason);
+        *outcome = drc ? OUT_NAK : OUT_ACK;
+        return RAG_OK;
+    }
 
     MDB_txn *txn;
     mrc = mdb_txn_begin(c->env, batch, 0, &txn);

@@ -1,0 +1,559 @@
+/*
+ * Consumers of doc.embedded and doc.deleted.  Each message changes LMDB inside the consumer's
+ * nested txn (labels, vectors, the document's active version, a mutation-log entry, the
+ * doc.indexed event in the outbox) and stages the matching backend changes in the consumer's
+ * batch; end_batch() hands the batch to rag_index__apply() once the batch txn committed.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "index_internal.h"
+
+/* LMDB trouble inside a handler is retried (with backoff) rather than dead-lettered: the
+ * message itself did nothing wrong. */
+static int storage_error(int mrc, const char *what)
+{
+    rag_mdb_error(mrc, what);
+    return rag_error_set(RAG_ETRANSIENT, "index: %s: %s", what, mdb_strerror(mrc));
+}
+
+/* ---- documents ------------------------------------------------------------------------- */
+
+typedef struct ix_docrec {
+    int exists;
+    uint64_t active, deleted_through;
+    uint32_t acl;
+    size_t n;
+    int64_t *labels;
+} ix_docrec;
+
+static int doc_get(rag_index *ix, MDB_txn *txn, const char *doc, ix_docrec *d)
+{
+    memset(d, 0, sizeof *d);
+    MDB_val k = {strlen(doc), (void *)doc}, v;
+    int mrc = mdb_get(txn, ix->docs, &k, &v);
+    if (mrc == MDB_NOTFOUND)
+        return RAG_OK;
+    if (mrc)
+        return storage_error(mrc, "read document");
+    rag_rbuf r;
+    rag_rbuf_init(&r, v.mv_data, v.mv_size);
+    d->exists = 1;
+    d->active = rag_rbuf_u64(&r);
+    d->deleted_through = rag_rbuf_u64(&r);
+    d->acl = rag_rbuf_u32(&r);
+    uint32_t n = rag_rbuf_u32(&r);
+    if (r.err || (size_t)n * 8 > r.len - r.off)
+        return rag_error_set(RAG_ECORRUPT, "index: document record of '%s' is malformed", doc);
+    d->labels = malloc((n ? n : 1) * sizeof *d->labels);
+    if (!d->labels)
+        return rag_error_set(RAG_ETRANSIENT, "index: out of memory reading '%s'", doc);
+    for (uint32_t i = 0; i < n; i++)
+        d->labels[i] = (int64_t)rag_rbuf_u64(&r);
+    d->n = n;
+    return RAG_OK;
+}
+
+static int doc_put(rag_index *ix, MDB_txn *txn, const char *doc, uint64_t active,
+                   uint64_t deleted_through, uint32_t acl, size_t n, const int64_t *labels)
+{
+    rag_wbuf w;
+    rag_wbuf_init(&w);
+    rag_wbuf_u64(&w, active);
+    rag_wbuf_u64(&w, deleted_through);
+    rag_wbuf_u32(&w, acl);
+    rag_wbuf_u32(&w, (uint32_t)n);
+    for (size_t i = 0; i < n; i++)
+        rag_wbuf_u64(&w, (uint64_t)labels[i]);
+    int rc = w.err ? rag_error_set(RAG_ETRANSIENT, "index: encode document") : RAG_OK;
+    if (!rc) {
+        MDB_val k = {strlen(doc), (void *)doc}, v = {w.len, w.data};
+        int mrc = mdb_put(txn, ix->docs, &k, &v, 0);
+        if (mrc)
+            rc = storage_error(mrc, "write document");
+    }
+    rag_wbuf_free(&w);
+    return rc;
+}
+
+/* ---- labels, vectors, log ----------------------------------------------------------------- */
+
+static int label_put(rag_index *ix, MDB_txn *txn, int64_t label, const char *doc,
+                     uint64_t version, uint32_t chunk_no, uint32_t acl, const float *vec)
+{
+    uint8_t key[8];
+    rag_be64_put(key, (uint64_t)label);
+    rag_wbuf w;
+    rag_wbuf_init(&w);
+    rag_wbuf_u64(&w, version);
+    rag_wbuf_u32(&w, chunk_no);
+    rag_wbuf_u32(&w, acl);
+    rag_wbuf_cstr(&w, doc);
+    int rc = w.err ? rag_error_set(RAG_ETRANSIENT, "index: encode label") : RAG_OK;
+    if (!rc) {
+        MDB_val k = {8, key}, v = {w.len, w.data};
+        int mrc = mdb_put(txn, ix->labels, &k, &v, 0);
+        if (mrc)
+            rc = storage_error(mrc, "write label");
+    }
+    if (!rc) {
+        rag_wbuf_reset(&w);
+        rag_wbuf_f32s(&w, vec, ix->dim);
+        MDB_val k = {8, key}, v = {w.len, w.data};
+        int mrc = w.err ? MDB_PANIC : mdb_put(txn, ix->vectors, &k, &v, 0);
+        if (mrc)
+            rc = storage_error(mrc, "write vector");
+    }
+    rag_wbuf_free(&w);
+    return rc;
+}
+
+static int label_del(rag_index *ix, MDB_txn *txn, int64_t label)
+{
+    uint8_t key[8];
+    rag_be64_put(key, (uint64_t)label);
+    MDB_val k = {8, key};
+    int mrc = mdb_del(txn, ix->labels, &k, NULL);
+    if (mrc && mrc != MDB_NOTFOUND)
+        return storage_error(mrc, "delete label");
+    mrc = mdb_del(txn, ix->vectors, &k, NULL);
+    if (mrc && mrc != MDB_NOTFOUND)
+        return storage_error(mrc, "delete vector");
+    return RAG_OK;
+}
+
+static int log_put(rag_index *ix, MDB_txn *txn, uint64_t seq, const char *msg_id, size_t n_add,
+                   const int64_t *adds, size_t n_rm, const int64_t *rms)
+{
+    uint8_t key[8];
+    rag_be64_put(key, seq);
+    rag_wbuf w;
+    rag_wbuf_init(&w);
+    rag_wbuf_cstr(&w, msg_id ? msg_id : "");
+    rag_wbuf_u32(&w, (uint32_t)n_add);
+    for (size_t i = 0; i < n_add; i++)
+        rag_wbuf_u64(&w, (uint64_t)adds[i]);
+    rag_wbuf_u32(&w, (uint32_t)n_rm);
+    for (size_t i = 0; i < n_rm; i++)
+        rag_wbuf_u64(&w, (uint64_t)rms[i]);
+    int rc = w.err ? rag_error_set(RAG_ETRANSIENT, "index: encode log entry") : RAG_OK;
+    if (!rc) {
+        MDB_val k = {8, key}, v = {w.len, w.data};
+        int mrc = mdb_put(txn, ix->log, &k, &v, MDB_APPEND);
+        if (mrc)
+            rc = storage_error(mrc, "append log entry");
+    }
+    rag_wbuf_free(&w);
+    return rc;
+}
+
+static int emit_indexed(rag_index *ix, MDB_txn *txn, const char *doc, uint64_t version,
+                        uint32_t status, uint32_t count)
+{
+    rag_ev_indexed ev = {doc, version, status, count};
+    rag_wbuf w;
+    rag_wbuf_init(&w);
+    int rc = rag_ev_indexed_encode(&ev, &w);
+    if (!rc)
+        rc = rag_outbox_add(ix->outbox, txn, RAG_TOPIC_INDEXED, w.data, w.len, NULL);
+    rag_wbuf_free(&w);
+    if (rc && rc != RAG_ETRANSIENT)
+        rc = rag_error_set(RAG_ETRANSIENT, "index: doc.indexed not queued: %s", rag_error_last());
+    return rc;
+}
+
+typedef struct ix_counters {
+    uint64_t next_label, epoch, log_seq, live, active_docs;
+} ix_counters;
+
+static int counters_get(rag_index *ix, MDB_txn *txn, ix_counters *c)
+{
+    int rc = rag_index__meta_get(txn, ix->meta, "next_label", &c->next_label);
+    if (!rc)
+        rc = rag_index__meta_get(txn, ix->meta, "epoch", &c->epoch);
+    if (!rc)
+        rc = rag_index__meta_get(txn, ix->meta, "log_seq", &c->log_seq);
+    if (!rc)
+        rc = rag_index__meta_get(txn, ix->meta, "live", &c->live);
+    if (!rc)
+        rc = rag_index__meta_get(txn, ix->meta, "active_docs", &c->active_docs);
+    return rc ? rag_error_set(RAG_ETRANSIENT, "index: %s", rag_error_last()) : RAG_OK;
+}
+
+static int counters_put(rag_index *ix, MDB_txn *txn, const ix_counters *c)
+{
+    int rc = rag_index__meta_put(txn, ix->meta, "next_label", c->next_label);
+    if (!rc)
+        rc = rag_index__meta_put(txn, ix->meta, "epoch", c->epoch);
+    if (!rc)
+        rc = rag_index__meta_put(txn, ix->meta, "log_seq", c->log_seq);
+    if (!rc)
+        rc = rag_index__meta_put(txn, ix->meta, "live", c->live);
+    if (!rc)
+        rc = rag_index__meta_put(txn, ix->meta, "active_docs", c->active_docs);
+    return rc ? rag_error_set(RAG_ETRANSIENT, "index: %s", rag_error_last()) : RAG_OK;
+}
+
+/* ---- ACL sets ---------------------------------------------------------------------------- */
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* Intern the principal list `acl` (any order, duplicates allowed) as an ACL-set id; 0 for
+ * an empty list (public).  A set seen for the first time is staged for the view. */
+static int acl_intern(rag_index *ix, ix_batch *b, MDB_txn *txn, const char *const *acl, size_t n,
+                      uint32_t *id_out)
+{
+    *id_out = 0;
+    if (n == 0)
+        return RAG_OK;
+    const char **s = malloc(n * sizeof *s);
+    if (!s)
+        return rag_error_set(RAG_ETRANSIENT, "index: out of memory (ACL)");
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++)
+        if (acl[i])
+            s[m++] = acl[i];
+    qsort(s, m, sizeof *s, cmp_str);
+    size_t u = 0;
+    for (size_t i = 0; i < m; i++)
+        if (u == 0 || strcmp(s[u - 1], s[i]) != 0)
+            s[u++] = s[i];
+    if (u == 0) {
+        free(s);
+        return RAG_OK;
+    }
+    rag_wbuf w;
+    rag_wbuf_init(&w);
+    rag_wbuf_u32(&w, (uint32_t)u);
+    for (size_t i = 0; i < u; i++)
+        rag_wbuf_cstr(&w, s[i]);
+    int rc = w.err ? rag_error_set(RAG_ETRANSIENT, "index: encode ACL") : RAG_OK;
+    uint8_t hash[16];
+    if (!rc)
+        rag_hash128(w.data, w.len, hash);
+    MDB_val hk = {16, hash}, v;
+    int known = 0;
+    uint32_t id = 0;
+    if (!rc) {
+        int mrc = mdb_get(txn, ix->acl_keys, &hk, &v);
+        if (mrc == 0 && v.mv_size == 4) {
+            id = rag_be32_get(v.mv_data);
+            uint8_t ik[4];
+            rag_be32_put(ik, id);
+            MDB_val k = {4, ik}, sv;
+            /* compare the stored set: a hash collision must not merge two ACLs */
+            mrc = mdb_get(txn, ix->acl_sets, &k, &sv);
+            if (mrc == 0 && sv.mv_size == w.len && memcmp(sv.mv_data, w.data, w.len) == 0)
+                known = 1;
+            else if (mrc && mrc != MDB_NOTFOUND)
+                rc = storage_error(mrc, "read ACL set");
+            else
+                hk.mv_size = 0; /* collision: new id, not findable by hash */
+        } else if (mrc && mrc != MDB_NOTFOUND) {
+            rc = storage_error(mrc, "read ACL key");
+        }
+    }
+    if (!rc && !known) {
+        uint64_t next = 0;
+        rc = rag_index__meta_get(txn, ix->meta, "next_acl", &next);
+        if (!rc && next == 0)
+            next = 1;
+        if (!rc && next > UINT32_MAX - 1)
+            rc = rag_error_set(RAG_ETRANSIENT, "index: ACL set ids exhausted");
+        if (!rc) {
+            id = (uint32_t)next;
+            uint8_t ik[4];
+            rag_be32_put(ik, id);
+            MDB_val k = {4, ik}, sv = {w.len, w.data};
+            int mrc = mdb_put(txn, ix->acl_sets, &k, &sv, 0);
+            if (!mrc && hk.mv_size) {
+                MDB_val iv = {4, ik};
+                mrc = mdb_put(txn, ix->acl_keys, &hk, &iv, 0);
+            }
+            if (mrc)
+                rc = storage_error(mrc, "write ACL set");
+        }
+        if (!rc)
+            rc = rag_index__meta_put(txn, ix->meta, "next_acl", (uint64_t)id + 1);
+        if (!rc)
+            rc = rag_index__batch_acl(b, id, s, u);
+        if (rc && rc != RAG_ETRANSIENT)
+            rc = rag_error_set(RAG_ETRANSIENT, "index: %s", rag_error_last());
+    }
+    rag_wbuf_free(&w);
+    free(s);
+    if (!rc)
+        *id_out = id;
+    return rc;
+}
+
+/* ---- doc.embedded ------------------------------------------------------------------------ */
+
+static int embedded_apply(rag_index *ix, ix_batch *b, MDB_txn *txn, const rag_queue_message *msg,
+                          const rag_ev_embedded *ev)
+{
+    int rc = rag_doc_id_check(ev->doc_id);
+    if (rc)
+        return rc;
+    const char *doc = ev->doc_id;
+    if (ev->version == 0)
+        return rag_error_set(RAG_EINVAL, "doc.embedded '%s': version 0", doc);
+    if (ev->vector_count && ev->dim != ix->dim)
+        return rag_error_set(RAG_EINVAL, "doc.embedded '%s'@%llu: dimension %u, index has %u",
+                             doc, (unsigned long long)ev->version, ev->dim, ix->dim);
+    for (size_t i = 0; i < ev->vector_count; i++)
+        for (unsigned int t = 0; t < ix->dim; t++)
+            if (!isfinite(ev->vectors[i].vector[t]))
+                return rag_error_set(RAG_EINVAL,
+                                     "doc.embedded '%s'@%llu: chunk %u has a non-finite value",
+                                     doc, (unsigned long long)ev->version,
+                                     ev->vectors[i].chunk_no);
+    ix_docrec d;
+    rc = doc_get(ix, txn, doc, &d);
+    if (rc)
+        return rc;
+    int64_t *fresh = NULL;
+    if (d.exists && (ev->version <= d.deleted_through || ev->version < d.active)) {
+        /* Arrived after a newer version (or after a delete covering it): nothing added. */
+        rc = emit_indexed(ix, txn, doc, ev->version, RAG_INDEXED_SUPERSEDED, 0);
+        goto out;
+    }
+    if (d.exists && ev->version == d.active) {
+        /* The active version again under another message id (the embed step ran twice):
+         * already applied; confirm it rather than calling it superseded, which would let
+         * ingest collect the text of the version that is live. */
+        rc = emit_indexed(ix, txn, doc, ev->version, RAG_INDEXED_ACTIVE, (uint32_t)d.n);
+        goto out;
+    }
+    ix_counters c;
+    rc = counters_get(ix, txn, &c);
+    if (rc)
+        goto out;
+    uint32_t acl = 0, di = 0;
+    size_t n = ev->vector_count;
+    if (n) {
+        rc = acl_intern(ix, b, txn, ev->acl, ev->acl_count, &acl);
+        if (!rc)
+            rc = rag_index__batch_doc(b, doc, &di);
+        if (rc)
+            goto out;
+    }
+    fresh = malloc((n ? n : 1) * sizeof *fresh);
+    if (!fresh) {
+        rc = rag_error_set(RAG_ETRANSIENT, "index: out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < n && !rc; i++) {
+        const rag_ev_vector *vec = &ev->vectors[i];
+        fresh[i] = (int64_t)c.next_label++;
+        rc = label_put(ix, txn, fresh[i], doc, ev->version, vec->chunk_no, acl, vec->vector);
+        if (!rc)
+            rc = rag_index__batch_add(b, fresh[i], di, ev->version, vec->chunk_no, acl,
+                                      vec->vector);
+    }
+    /* The previous version goes in the same txn: a reader sees the old labels or the new
+     * ones, never both and never neither. */
+    for (size_t i = 0; i < d.n && !rc; i++) {
+        rc = label_del(ix, txn, d.labels[i]);
+        if (!rc)
+            rc = rag_index__batch_remove(b, d.labels[i]);
+    }
+    if (!rc)
+        rc = doc_put(ix, txn, doc, ev->version, d.deleted_through, acl, n, fresh);
+    if (!rc) {
+        c.log_seq++;
+        c.epoch++;
+        c.live = c.live + n - d.n;
+        if (!d.active)
+            c.active_docs++;
+        rc = log_put(ix, txn, c.log_seq, msg->id, n, fresh, d.n, d.labels);
+    }
+    if (!rc)
+        rc = counters_put(ix, txn, &c);
+    if (!rc)
+        rc = emit_indexed(ix, txn, doc, ev->version, RAG_INDEXED_ACTIVE, (uint32_t)n);
+    if (!rc)
+        rc = rag_index__batch_group(b, c.log_seq, c.epoch, msg->id);
+    if (rc && rc != RAG_ETRANSIENT && rc != RAG_EINVAL)
+        rc = rag_error_set(RAG_ETRANSIENT, "%s", rag_error_last());
+out:
+    free(fresh);
+    free(d.labels);
+    return rc;
+}
+
+static int ensure_batch(ix_consumer *ic)
+{
+    if (!ic->batch)
+        ic->batch = rag_index__batch_new(ic->ix->dim);
+    return ic->batch ? RAG_OK : rag_error_set(RAG_ETRANSIENT, "index: out of memory (batch)");
+}
+
+int rag_index__handle_embedded(void *self, MDB_txn *txn, const rag_queue_message *msg)
+{
+    ix_consumer *ic = self;
+    int rc = ensure_batch(ic);
+    if (rc)
+        return rc;
+    rag_ev_embedded ev;
+    rc = rag_ev_embedded_decode(msg->data, msg->size, &ev);
+    if (rc)
+        return rc; /* unparsable: permanent */
+    ix_mark mk;
+    rag_index__batch_mark(ic->batch, &mk);
+    rc = embedded_apply(ic->ix, ic->batch, txn, msg, &ev);
+    if (rc)
+        rag_index__batch_truncate(ic->batch, &mk);
+    rag_ev_embedded_clear(&ev);
+    return rc;
+}
+
+/* ---- doc.deleted -------------------------------------------------------------------------- */
+
+static int deleted_apply(rag_index *ix, ix_batch *b, MDB_txn *txn, const rag_queue_message *msg,
+                         const rag_ev_deleted *ev)
+{
+    int rc = rag_doc_id_check(ev->doc_id);
+    if (rc)
+        return rc;
+    const char *doc = ev->doc_id;
+    ix_docrec d;
+    rc = doc_get(ix, txn, doc, &d);
+    if (rc)
+        return rc;
+    uint64_t dt = d.deleted_through > ev->version ? d.deleted_through : ev->version;
+    if (d.active > ev->version) {
+        /* The document came back with a newer version than the delete covers (the delete
+         * and the new version's embedding crossed): that version stays. */
+        rc = doc_put(ix, txn, doc, d.active, dt, d.acl, d.n, d.labels);
+        goto emit;
+    }
+    if (d.n || d.active) {
+        ix_counters c;
+        rc = counters_get(ix, txn, &c);
+        for (size_t i = 0; i < d.n && !rc; i++) {
+            rc = label_del(ix, txn, d.labels[i]);
+            if (!rc)
+                rc = rag_index__batch_remove(b, d.labels[i]);
+        }
+        if (!rc) {
+            c.log_seq++;
+            c.epoch++;
+            c.live -= d.n;
+            if (d.active && c.active_docs)
+                c.active_docs--;
+            rc = log_put(ix, txn, c.log_seq, msg->id, 0, NULL, d.n, d.labels);
+        }
+        if (!rc)
+            rc = counters_put(ix, txn, &c);
+        if (!rc)
+            rc = rag_index__batch_group(b, c.log_seq, c.epoch, msg->id);
+    }
+    /* The record stays as a tombstone so that a late doc.embedded of a covered version is
+     * recognised as superseded. */
+    if (!rc)
+        rc = doc_put(ix, txn, doc, 0, dt, 0, 0, NULL);
+emit:
+    if (!rc)
+        rc = emit_indexed(ix, txn, doc, ev->version, RAG_INDEXED_DELETED, 0);
+    if (rc && rc != RAG_ETRANSIENT)
+        rc = rag_error_set(RAG_ETRANSIENT, "%s", rag_error_last());
+    free(d.labels);
+    return rc;
+}
+
+int rag_index__handle_deleted(void *self, MDB_txn *txn, const rag_queue_message *msg)
+{
+    ix_consumer *ic = self;
+    int rc = ensure_batch(ic);
+    if (rc)
+        return rc;
+    rag_ev_deleted ev;
+    rc = rag_ev_deleted_decode(msg->data, msg->size, &ev);
+    if (rc)
+        return rc;
+    ix_mark mk;
+    rag_index__batch_mark(ic->batch, &mk);
+    rc = deleted_apply(ic->ix, ic->batch, txn, msg, &ev);
+    if (rc)
+        rag_index__batch_truncate(ic->batch, &mk);
+    return rc;
+}
+
+/* ---- batch boundaries ----------------------------------------------------------------------- */
+
+int rag_index__begin_batch(void *self, MDB_txn *txn)
+{
+    (void)txn;
+    ix_consumer *ic = self;
+    /* Leftovers of a batch whose end was never reported cannot be trusted. */
+    rag_index__batch_free(ic->batch);
+    ic->batch = NULL;
+    return RAG_OK;
+}
+
+/* Keep only groups whose log entry committed under their message id (a nested txn can be
+ * aborted after its handler succeeded, e.g. when the inbox record fails). */
+static void verify_groups(rag_index *ix, ix_batch *b)
+{
+    MDB_txn *rt;
+    if (mdb_txn_begin(ix->env, NULL, MDB_RDONLY, &rt) != 0)
+        return;
+    for (size_t g = b->n_groups; g-- > 0;) {
+        uint8_t key[8];
+        rag_be64_put(key, b->groups[g].seq);
+        MDB_val k = {8, key}, v;
+        int ok = 0;
+        if (mdb_get(rt, ix->log, &k, &v) == 0) {
+            rag_rbuf r;
+            rag_rbuf_init(&r, v.mv_data, v.mv_size);
+            size_t len;
+            const char *id = rag_rbuf_str(&r, &len);
+            ok = !r.err && strcmp(id, b->groups[g].msg_id) == 0;
+        }
+        if (!ok)
+            rag_index__batch_drop_group(b, g);
+    }
+    mdb_txn_abort(rt);
+}
+
+void rag_index__end_batch(void *self, int committed)
+{
+    ix_consumer *ic = self;
+    rag_index *ix = ic->ix;
+    ix_batch *b = ic->batch;
+    ic->batch = NULL;
+    if (!b)
+        return;
+    if (committed && b->n_groups)
+        verify_groups(ix, b);
+    if (!committed || b->n_groups == 0) {
+        rag_index__batch_free(b);
+        return;
+    }
+    /* Two consumers share the env: their batches commit one after the other, but their
+     * end_batch calls may come in either order.  Apply strictly in log order. */
+    pthread_mutex_lock(&ix->apply_mu);
+    while (b->n_groups && b->groups[0].seq <= ix->applied_seq)
+        rag_index__batch_drop_group(b, 0); /* cannot happen; never apply twice */
+    if (b->n_groups == 0) {
+        rag_index__batch_free(b);
+    } else {
+        ix_batch **pp = &ix->waiting;
+        while (*pp && (*pp)->groups[0].seq < b->groups[0].seq)
+            pp = &(*pp)->next;
+        b->next = *pp;
+        *pp = b;
+    }
+    while (ix->waiting && ix->waiting->groups[0].seq == ix->applied_seq + 1) {
+        ix_batch *h = ix->waiting;
+        ix->waiting = h->next;
+        rag_index__apply(ix, h);
+        rag_index__batch_free(h);
+    }
+    pthread_mutex_unlock(&ix->apply_mu);
+}

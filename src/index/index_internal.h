@@ -1,0 +1,205 @@
+/*
+ * The index module's private structures.
+ *
+ * LMDB (env `<root>/index/`) is the truth:
+ *   "meta"      short ASCII key -> be64 value (next_label, next_acl, epoch, log_seq,
+ *               snapshot_seq, live, active_docs, dim, format)
+ *   "labels"    be64 label -> {u64 version, u32 chunk_no, u32 acl id, str doc_id}
+ *   "vectors"   be64 label -> dim little-endian floats
+ *   "docs"      doc_id bytes -> {u64 active_version, u64 deleted_through, u32 acl id,
+ *                               u32 n, n x u64 live labels}
+ *   "acl_sets"  be32 id -> {u32 n, n x str principal} (sorted, unique; id 0 = public, absent)
+ *   "acl_keys"  XXH3-128 of that encoding -> be32 id (interning)
+ *   "log"       be64 seq -> {str message id, u32 n_add, labels, u32 n_remove, labels}
+ * plus the queue's "__outbox", "__outbox_meta", "__inbox", "__dead".
+ *
+ * The vector backend (FAISS) and an in-memory view (per label: doc, version, chunk, ACL set,
+ * live; per principal: the ACL sets naming it) are derived.  Both change only under the
+ * write side of `lock`, when a committed batch is applied (in log order), so a search holding
+ * the read side sees one consistent state: the old version of a document or the new one.
+ */
+#ifndef RAG_MODULE_INDEX
+#error "private header of the index module"
+#endif
+#ifndef RAG_INDEX_INTERNAL_H
+#define RAG_INDEX_INTERNAL_H
+
+#include <pthread.h>
+
+#include "rag_events.h"
+#include "rag_index_api.h"
+
+/* meta "snapshot_seq" while a snapshot is being written: the file cannot be trusted. */
+#define IX_SNAPSHOT_INVALID UINT64_MAX
+#define IX_FORMAT 1u
+
+/* ---- in-memory view (index_mem.c) ------------------------------------------------------- */
+
+/* Open-addressing map: NUL-terminated string (owned copy) -> u32. */
+typedef struct ix_strmap {
+    size_t cap, n;
+    char **keys;
+    uint32_t *vals;
+} ix_strmap;
+
+typedef struct ix_idlist {
+    uint32_t *ids;
+    size_t n, cap;
+} ix_idlist;
+
+typedef struct ix_label {
+    uint64_t version;
+    uint32_t chunk_no;
+    uint32_t acl;
+    uint32_t doc;   /* index into ix_mem.doc_names */
+    uint8_t live;
+} ix_label;
+
+typedef struct ix_mem {
+    ix_label *labels;          /* dense, indexed by label */
+    size_t label_cap;
+    uint64_t live;
+    char **doc_names;          /* interned document ids */
+    size_t n_docs, docs_cap;
+    ix_strmap doc_map;
+    ix_strmap principal_map;   /* principal -> index into plists */
+    ix_idlist *plists;         /* ACL set ids naming each principal */
+    size_t n_plists, plists_cap;
+    uint32_t n_acl;            /* ACL set ids known: 0 .. n_acl-1 */
+} ix_mem;
+
+void rag_index__mem_init(ix_mem *m);
+void rag_index__mem_free(ix_mem *m);
+int rag_index__mem_add_acl(ix_mem *m, uint32_t id, const char *const *principals, size_t n);
+int rag_index__mem_set_label(ix_mem *m, int64_t label, const char *doc, uint64_t version,
+                             uint32_t chunk_no, uint32_t acl);
+void rag_index__mem_kill_label(ix_mem *m, int64_t label);
+int rag_index__mem_is_live(const ix_mem *m, int64_t label);
+
+/* Per-query view of an ACL filter; the callback answers in O(1) per label. */
+typedef struct ix_query_filter {
+    const ix_mem *m;
+    uint8_t *allowed;  /* bitmap over ACL set ids; NULL when unrestricted */
+} ix_query_filter;
+
+int rag_index__filter_prepare(const ix_mem *m, const rag_acl_filter *f, ix_query_filter *out);
+void rag_index__filter_release(ix_query_filter *q);
+int rag_index__filter_fn(void *arg, int64_t label);
+
+/* ---- pending backend changes of one consumer batch (index_batch.c) ---------------------- */
+
+typedef struct ix_acl_add {
+    uint32_t id;
+    size_t n;
+    char **principals;
+} ix_acl_add;
+
+/* One state-changing message: its log entry and where its rows end in the arrays. */
+typedef struct ix_group {
+    uint64_t seq, epoch;
+    char msg_id[RAG_QUEUE_MSGID_MAX];
+    size_t add_end, rm_end, acl_end, doc_end;
+} ix_group;
+
+typedef struct ix_batch {
+    unsigned int dim;
+    size_t n_add, cap_add;
+    int64_t *add_labels;
+    uint64_t *add_version;
+    uint32_t *add_chunk, *add_acl, *add_doc; /* add_doc: index into docs */
+    float *add_vecs;
+    size_t n_docs, cap_docs;
+    char **docs;
+    size_t n_rm, cap_rm;
+    int64_t *rm_labels;
+    size_t n_acl, cap_acl;
+    ix_acl_add *acls;
+    size_t n_groups, cap_groups;
+    ix_group *groups;
+    struct ix_batch *next;   /* waiting list, ordered by first seq */
+} ix_batch;
+
+typedef struct ix_consumer {
+    rag_consumer c;
+    struct rag_index *ix;
+    ix_batch *batch;
+} ix_consumer;
+
+/* Staging during a handler: truncate back to a mark when the handler fails. */
+typedef struct ix_mark {
+    size_t n_add, n_docs, n_rm, n_acl, n_groups;
+} ix_mark;
+
+ix_batch *rag_index__batch_new(unsigned int dim);
+void rag_index__batch_free(ix_batch *b);
+void rag_index__batch_mark(const ix_batch *b, ix_mark *mk);
+void rag_index__batch_truncate(ix_batch *b, const ix_mark *mk);
+/* Copy of a document id for the adds of the current message (one per message). */
+int rag_index__batch_doc(ix_batch *b, const char *doc, uint32_t *idx);
+int rag_index__batch_add(ix_batch *b, int64_t label, uint32_t doc,
+                         uint64_t version, uint32_t chunk_no, uint32_t acl, const float *vec);
+int rag_index__batch_remove(ix_batch *b, int64_t label);
+int rag_index__batch_acl(ix_batch *b, uint32_t id, const char *const *principals, size_t n);
+/* Close the message's rows into a group.  Groups with seq >= `seq` (a nested txn that was
+ * aborted after its handler succeeded, whose seq got reused) are dropped first. */
+int rag_index__batch_group(ix_batch *b, uint64_t seq, uint64_t epoch, const char *msg_id);
+void rag_index__batch_drop_group(ix_batch *b, size_t g);
+
+/* ---- the index ---------------------------------------------------------------------------- */
+
+typedef struct rag_index__recovery {
+    int snapshot_loaded;       /* 1: the snapshot file was used */
+    int rebuilt;               /* 1: the backend was rebuilt from the vectors table */
+    uint64_t replayed_entries; /* log entries replayed on top of the snapshot */
+} rag_index__recovery;
+
+struct rag_index {
+    rag_config cfg;
+    MDB_env *env;
+    MDB_dbi meta, labels, vectors, docs, acl_sets, acl_keys, log;
+    rag_outbox *outbox;
+    ix_consumer cons_embedded, cons_deleted;
+    rag_vector_backend *backend;
+    unsigned int dim;
+    char snap_path[RAG_PATH_MAX + 64];
+
+    pthread_rwlock_t lock;     /* backend + mem: searches read, batch application writes */
+    ix_mem mem;
+    uint64_t applied_seq;      /* last log seq reflected in backend + mem */
+    uint64_t applied_epoch;
+    int degraded;              /* backend could not be brought in line; searches fail */
+
+    pthread_mutex_t apply_mu;  /* committed batches waiting for their predecessors */
+    ix_batch *waiting;
+
+    pthread_mutex_t snap_mu;   /* one snapshot at a time */
+    uint64_t snapshot_seq;     /* seq covered by the snapshot file, or IX_SNAPSHOT_INVALID */
+
+    rag_index_reader reader;
+    rag_index__recovery recovery;
+    int locks_ready;
+};
+
+/* index_handlers.c */
+int rag_index__handle_embedded(void *self, MDB_txn *txn, const rag_queue_message *msg);
+int rag_index__handle_deleted(void *self, MDB_txn *txn, const rag_queue_message *msg);
+int rag_index__begin_batch(void *self, MDB_txn *txn);
+void rag_index__end_batch(void *self, int committed);
+
+/* index.c */
+int rag_index__meta_get(MDB_txn *txn, MDB_dbi dbi, const char *key, uint64_t *out);
+int rag_index__meta_put(MDB_txn *txn, MDB_dbi dbi, const char *key, uint64_t v);
+/* Rebuild the backend from the vectors of the labels live in `mem` (write lock held). */
+int rag_index__rebuild_locked(struct rag_index *ix);
+/* Apply a committed batch to backend + mem (takes the write lock). */
+void rag_index__apply(struct rag_index *ix, ix_batch *b);
+
+/* Test hooks. */
+/* Free everything without writing a snapshot (what a crash leaves behind, minus the
+ * process dying). */
+void rag_index__close_nosnap(struct rag_index *ix);
+const rag_index__recovery *rag_index__recovery_info(const struct rag_index *ix);
+/* Backend vector count (for tests: tombstones included). */
+uint64_t rag_index__backend_count(struct rag_index *ix);
+
+#endif
