@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (`make test`, .ci/run):
+#   1. install missing dependencies (scripts/install-deps.sh)
+#   2. build/        RelWithDebInfo, benchmarks included; ctest
+#   3. build-asan/   -DRAG_SANITIZE=ON (ASan+UBSan, leaks included), no benchmarks; ctest
+# Every stage runs even when an earlier one failed (so one run shows everything); the exit
+# status is non-zero when any stage failed, and the last line is a one-line summary.
+#
+# Environment: JOBS (build parallelism, default nproc), CTEST_JOBS (default 2),
+# BUILD_DIR / ASAN_BUILD_DIR (default build, build-asan), RAG_TEST_ASAN=0 skips stage 3
+# (local use only; CI runs everything).
+set -uo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
+
+JOBS=${JOBS:-$(nproc 2>/dev/null || echo 2)}
+CTEST_JOBS=${CTEST_JOBS:-2}
+RAG_TEST_ASAN=${RAG_TEST_ASAN:-1}
+BUILD_DIR=${BUILD_DIR:-build}
+ASAN_BUILD_DIR=${ASAN_BUILD_DIR:-build-asan}
+start=$(date +%s)
+results=()
+failed=0
+
+log_dir=$(mktemp -d "${TMPDIR:-/tmp}/ragcore-test.XXXXXX")
+trap 'rm -rf "$log_dir"' EXIT
+
+banner() { printf '\n==== %s\n' "$*"; }
+
+record() { # record NAME STATUS TEXT
+  results+=("$1: $3")
+  if [ "$2" -ne 0 ]; then failed=1; fi
+}
+
+# ctest_summary LOG: "passed/total" from CTest's "NN% tests passed, F tests failed out of T".
+ctest_summary() {
+  local line total failed_n
+  line=$(grep -E 'tests passed, [0-9]+ tests? failed out of [0-9]+' "$1" | tail -n 1)
+  if [ -z "$line" ]; then
+    echo "no CTest summary"
+    return
+  fi
+  total=$(sed -E 's/.*out of ([0-9]+).*/\1/' <<<"$line")
+  failed_n=$(sed -E 's/.* ([0-9]+) tests? failed.*/\1/' <<<"$line")
+  echo "$((total - failed_n))/$total tests passed"
+}
+
+# stage NAME DIR CMAKE_ARGS...: configure, build, ctest one tree.
+stage() {
+  local name=$1 dir=$2
+  shift 2
+  local t0 rc log
+  t0=$(date +%s)
+  log=$log_dir/$name.ctest.log
+
+  banner "$name: configure ($dir)"
+  if ! cmake -S . -B "$dir" "$@"; then
+    record "$name" 1 "FAILED at configure"
+    return
+  fi
+  banner "$name: build (-j$JOBS)"
+  if ! cmake --build "$dir" -j"$JOBS"; then
+    record "$name" 1 "FAILED at build"
+    return
+  fi
+  banner "$name: ctest (-j$CTEST_JOBS)"
+  ctest --test-dir "$dir" --output-on-failure --no-tests=error -j"$CTEST_JOBS" 2>&1 | tee "$log"
+  rc=${PIPESTATUS[0]}
+  if [ "$rc" -ne 0 ]; then
+    record "$name" 1 "FAILED ($(ctest_summary "$log"), $(($(date +%s) - t0)) s)"
+  else
+    record "$name" 0 "ok ($(ctest_summary "$log"), $(($(date +%s) - t0)) s)"
+  fi
+}
+
+banner "dependencies"
+if scripts/install-deps.sh; then
+  record deps 0 "ok"
+else
+  record deps 1 "FAILED"
+fi
+
+if [ "$failed" -eq 0 ]; then
+  stage build "$BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo
+  if [ "$RAG_TEST_ASAN" != "0" ]; then
+    stage build-asan "$ASAN_BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DRAG_SANITIZE=ON -DRAG_BUILD_BENCH=OFF
+  else
+    results+=("build-asan: skipped (RAG_TEST_ASAN=0)")
+  fi
+fi
+
+banner "summary"
+for r in "${results[@]}"; do
+  echo "  $r"
+done
+elapsed=$(($(date +%s) - start))
+summary=$(IFS=';'; echo "${results[*]}")
+summary=${summary//;/; }
+if [ "$failed" -ne 0 ]; then
+  echo "make test: FAILED in ${elapsed} s -- $summary"
+  exit 1
+fi
+echo "make test: PASSED in ${elapsed} s -- $summary"
