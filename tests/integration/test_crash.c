@@ -186,10 +186,15 @@ static void test_kill_and_recover(void **state)
         rag_results *r = NULL;
         assert_int_equal(rag_search(ctx, &q, &r), RAG_OK);
         assert_true(r->count >= 1);
-        assert_string_equal(r->items[0].doc_id, id);
+        /* Its vector is the query's own (score 1). Hashed 384-d vectors of two such similar
+         * texts can collide exactly, so another document may tie with it at the top. */
         int same = 0;
-        for (size_t j = 0; j < r->count; j++)
-            same += strcmp(r->items[j].doc_id, id) == 0;
+        for (size_t j = 0; j < r->count; j++) {
+            if (strcmp(r->items[j].doc_id, id) == 0) {
+                same++;
+                assert_true(r->items[j].score >= r->items[0].score - 1e-5f);
+            }
+        }
         assert_int_equal(same, 1);
         rag_results_free(r);
     }
