@@ -21,6 +21,8 @@ ASAN_BUILD_DIR=${ASAN_BUILD_DIR:-build-asan}
 start=$(date +%s)
 results=()
 failed=0
+passed_total=0
+failed_total=0
 
 log_dir=$(mktemp -d "${TMPDIR:-/tmp}/ragcore-test.XXXXXX")
 trap 'rm -rf "$log_dir"' EXIT
@@ -43,6 +45,7 @@ ctest_summary() {
   total=$(sed -E 's/.*out of ([0-9]+).*/\1/' <<<"$line")
   failed_n=$(sed -E 's/.* ([0-9]+) tests? failed.*/\1/' <<<"$line")
   echo "$((total - failed_n))/$total tests passed"
+  echo "$((total - failed_n)) $failed_n" >"$1.counts"
 }
 
 # stage NAME DIR CMAKE_ARGS...: configure, build, ctest one tree.
@@ -96,8 +99,16 @@ done
 elapsed=$(($(date +%s) - start))
 summary=$(IFS=';'; echo "${results[*]}")
 summary=${summary//;/; }
+for f in "$log_dir"/*.counts; do
+  [ -f "$f" ] || continue
+  read -r p f_n <"$f"
+  passed_total=$((passed_total + p))
+  failed_total=$((failed_total + f_n))
+done
 if [ "$failed" -ne 0 ]; then
   echo "make test: FAILED in ${elapsed} s -- $summary"
+  echo "tests: ${passed_total} passed, ${failed_total} failed"
   exit 1
 fi
 echo "make test: PASSED in ${elapsed} s -- $summary"
+echo "tests: ${passed_total} passed, ${failed_total} failed"

@@ -1,0 +1,126 @@
+/*
+ * Private pieces of the ingest module: the parsed-document model shared by the parsers and
+ * the chunker, the parsers themselves, MIME detection and the chunker.
+ *
+ * Parsers turn bytes into a list of blocks (paragraphs, headings, code) instead of one flat
+ * string so that the chunker can prefer cutting at headings and paragraph ends without
+ * guessing structure back from whitespace.
+ */
+#ifndef RAG_MODULE_INGEST
+#error "private header of the ingest module"
+#endif
+
+#ifndef RAG_INGEST_INTERNAL_H
+#define RAG_INGEST_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "rag_common.h"
+
+/* ---- parsed document ------------------------------------------------------------------ */
+
+typedef enum rag_ingest_block_kind {
+    RAG_BLOCK_PARA = 0,    /* running text: collapsed whitespace */
+    RAG_BLOCK_HEADING = 1, /* a heading: starts a new section */
+    RAG_BLOCK_CODE = 2     /* preformatted text: newlines and indentation kept */
+} rag_ingest_block_kind;
+
+typedef struct rag_ingest_block {
+    int kind;        /* rag_ingest_block_kind */
+    int level;       /* heading level 1..6, else 0 */
+    char *text;      /* malloc'd, NUL-terminated, never empty, no leading/trailing whitespace */
+    size_t len;
+} rag_ingest_block;
+
+typedef struct rag_ingest_parsed {
+    rag_ingest_block *blocks;
+    size_t count, cap;
+    char *title;     /* malloc'd title found in the content (HTML <title>), or NULL */
+} rag_ingest_parsed;
+
+void rag_ingest__parsed_init(rag_ingest_parsed *p);
+void rag_ingest__parsed_clear(rag_ingest_parsed *p);
+/* Append a block, copying `text` after trimming surrounding whitespace; empty text is
+ * dropped silently. */
+int rag_ingest__parsed_add(rag_ingest_parsed *p, int kind, int level, const char *text,
+                           size_t len);
+
+/* ---- an inline text accumulator used by the HTML and Markdown walkers ------------------ */
+
+typedef struct rag_ingest_textbuf {
+    char *data;
+    size_t len, cap;
+    int pending_space; /* a collapsed whitespace run waits to be written before more text */
+    int err;           /* sticky RAG_ENOMEM */
+} rag_ingest_textbuf;
+
+void rag_ingest__tb_init(rag_ingest_textbuf *tb);
+void rag_ingest__tb_free(rag_ingest_textbuf *tb);
+void rag_ingest__tb_reset(rag_ingest_textbuf *tb);
+/* Append raw bytes (no whitespace handling). */
+void rag_ingest__tb_raw(rag_ingest_textbuf *tb, const char *s, size_t n);
+/* Append text collapsing every ASCII whitespace run into one space (leading space of the
+ * buffer dropped). */
+void rag_ingest__tb_collapse(rag_ingest_textbuf *tb, const char *s, size_t n);
+
+/* ---- parsers (input: valid UTF-8 without a BOM) ---------------------------------------- */
+
+int rag_ingest__parse_text(const char *s, size_t len, rag_ingest_parsed *out);
+int rag_ingest__parse_markdown(const char *s, size_t len, rag_ingest_parsed *out);
+int rag_ingest__parse_html(const char *s, size_t len, rag_ingest_parsed *out);
+/* XML through libxml2's XML parser (no entities substituted, no DTD, no network); an XHTML
+ * document is walked like HTML. */
+int rag_ingest__parse_xml(const char *s, size_t len, rag_ingest_parsed *out);
+/* Process-wide libxml2 hardening (entity loader refusing everything); idempotent. */
+void rag_ingest__xml_init(void);
+
+/* ---- MIME ----------------------------------------------------------------------------- */
+
+typedef enum rag_ingest_format {
+    RAG_FMT_TEXT = 0,
+    RAG_FMT_MARKDOWN = 1,
+    RAG_FMT_HTML = 2,
+    RAG_FMT_XML = 3
+} rag_ingest_format;
+
+/* Resolve the format from the caller's MIME type, else from magic bytes, else from the
+ * extension of `uri` or `doc_id`.  RAG_EUNSUPPORTED for unknown or binary types.
+ * `*mime_out` is a static canonical MIME string. */
+int rag_ingest__detect(const char *mime, const void *data, size_t size, const char *uri,
+                       const char *doc_id, int *fmt_out, const char **mime_out);
+
+/* Parse `s` (valid UTF-8) as `fmt` and NFC-normalise every block. */
+int rag_ingest__parse(int fmt, const char *s, size_t len, rag_ingest_parsed *out);
+
+/* ---- chunker -------------------------------------------------------------------------- */
+
+typedef struct rag_ingest_chunk_cfg {
+    size_t target, min, max, overlap;
+} rag_ingest_chunk_cfg;
+
+typedef struct rag_ingest_chunk {
+    char *text;      /* malloc'd, NUL-terminated */
+    size_t len;
+} rag_ingest_chunk;
+
+typedef struct rag_ingest_chunks {
+    rag_ingest_chunk *items;
+    size_t count, cap;
+} rag_ingest_chunks;
+
+/*
+ * Content-defined chunking of parsed blocks (see chunk.c).  Every chunk is at most cfg->max
+ * bytes (overlap included) and, whenever max - min leaves room for it, at least cfg->min
+ * bytes unless it is the last one; cut points depend only on nearby content, so an edit
+ * changes only the chunks around it.  Chunk texts are slices of the blocks, blocks joined by
+ * a blank line, without leading or trailing whitespace.
+ */
+int rag_ingest__chunk(const rag_ingest_parsed *doc, const rag_ingest_chunk_cfg *cfg,
+                      rag_ingest_chunks *out);
+void rag_ingest__chunks_clear(rag_ingest_chunks *c);
+
+/* The whole parsed text: blocks joined by a blank line (what the texts table stores). */
+int rag_ingest__join(const rag_ingest_parsed *doc, char **out, size_t *out_len);
+
+#endif
