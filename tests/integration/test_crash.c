@@ -64,6 +64,21 @@ static int child_main(const char *root, int start, int fd)
     return 0;
 }
 
+/* Consume complete "N\n" lines from buf, raising *acked_max; keeps a partial tail. */
+static void take_acks(char *buf, size_t *have, int *acked_max)
+{
+    char *nl;
+    while ((nl = memchr(buf, '\n', *have))) {
+        *nl = 0;
+        int i = atoi(buf);
+        if (i > *acked_max)
+            *acked_max = i;
+        size_t used = (size_t)(nl - buf) + 1;
+        memmove(buf, nl + 1, *have - used);
+        *have -= used;
+    }
+}
+
 static char self_path[4096];
 
 static void test_kill_and_recover(void **state)
@@ -115,16 +130,7 @@ static void test_kill_and_recover(void **state)
                     break;
                 have += (size_t)got;
                 buf[have] = 0;
-                char *nl;
-                while ((nl = memchr(buf, '\n', have))) {
-                    *nl = 0;
-                    int i = atoi(buf);
-                    if (i > acked_max)
-                        acked_max = i;
-                    size_t used = (size_t)(nl - buf) + 1;
-                    memmove(buf, nl + 1, have - used);
-                    have -= used;
-                }
+                take_acks(buf, &have, &acked_max);
             }
         }
         kill(pid, SIGKILL);
@@ -135,16 +141,7 @@ static void test_kill_and_recover(void **state)
         while ((got = read(fds[0], buf + have, sizeof buf - have - 1)) > 0) {
             have += (size_t)got;
             buf[have] = 0;
-            char *nl;
-            while ((nl = memchr(buf, '\n', have))) {
-                *nl = 0;
-                int i = atoi(buf);
-                if (i > acked_max)
-                    acked_max = i;
-                size_t used = (size_t)(nl - buf) + 1;
-                memmove(buf, nl + 1, have - used);
-                have -= used;
-            }
+            take_acks(buf, &have, &acked_max);
         }
         close(fds[0]);
         printf("round %d: killed after %ld ms, %d documents acknowledged so far\n", round, run_ms,
