@@ -269,6 +269,64 @@ typedef struct rag_status_info {
  */
 RAG_API int rag_status(rag_ctx *ctx, rag_status_info *out);
 
+/**
+ * @name Dead letters
+ * A message that failed permanently (e.g. the provider rejected a text with ::RAG_EPROVIDER),
+ * or transiently on every one of `max_attempts` deliveries, is parked in the dead-letter table
+ * of the module that consumed it, and rag_drain() no longer waits for it.  These calls list
+ * the dead letters of every module, put one back into the pipeline, or discard it.
+ * Like rag_status(), they may be called while workers run.
+ */
+/**@{*/
+
+/** One dead letter as reported by rag_dlq_list(). */
+typedef struct rag_dead_letter_info {
+    char id[64];       /**< message id (unique across the root); pass it to retry/drop */
+    char topic[32];    /**< the event, e.g. "doc.chunked" */
+    char module[16];   /**< the module that consumed it and gave up, e.g. "embed" */
+    int code;          /**< the failure's status code (RAG_E*) */
+    uint32_t attempts; /**< deliveries made before it was dead-lettered */
+    uint64_t when_ms;  /**< wall-clock time of dead-lettering, ms since the Unix epoch */
+    char reason[256];  /**< detail text of the last failure (rag_error_last() of the handler) */
+} rag_dead_letter_info;
+
+/**
+ * List the dead letters of every module (per module in id order).
+ * @param[out] out   array of `*count` entries, NULL when there are none; free it with
+ *                   rag_free().  It copies everything: it stays valid after later calls.
+ * @param[out] count number of entries.
+ * @return ::RAG_OK; ::RAG_EINVAL a NULL argument; ::RAG_ENOMEM; ::RAG_ESTORAGE,
+ *         ::RAG_ECORRUPT when a module's dead-letter table cannot be read.
+ */
+RAG_API int rag_dlq_list(rag_ctx *ctx, rag_dead_letter_info **out, size_t *count);
+
+/**
+ * Put one dead letter back into the pipeline: in one transaction of the consuming module's
+ * env its payload is queued in that module's outbox under a NEW message id (the old id stays
+ * in the module's inbox, so the old message can never be applied) and the dead letter is
+ * deleted; the outbox is then relayed.  The message keeps its topic, so the same module
+ * consumes it again; it is processed by the workers or by the next rag_drain().  Retry after
+ * fixing the cause (e.g. the provider), or it is dead-lettered again under its new id.
+ * @param id a message id from rag_dlq_list().
+ * @return ::RAG_OK (queued; a failed relay is retried by the next drain, worker or open);
+ *         ::RAG_ENOTFOUND no dead letter has this id; ::RAG_EINVAL a NULL or empty argument;
+ *         ::RAG_ESTORAGE, ::RAG_EMAPFULL, ::RAG_ECORRUPT.
+ */
+RAG_API int rag_dlq_retry(rag_ctx *ctx, const char *id);
+
+/**
+ * Discard one dead letter for good.  Its id stays in the module's inbox, so a late
+ * redelivery of the same message is still skipped.  The document it concerned keeps its
+ * state (e.g. a version that never reached the index stays unsearchable; put the document
+ * again to move on).
+ * @param id a message id from rag_dlq_list().
+ * @return ::RAG_OK; ::RAG_ENOTFOUND no dead letter has this id; ::RAG_EINVAL a NULL or empty
+ *         argument; ::RAG_ESTORAGE.
+ */
+RAG_API int rag_dlq_drop(rag_ctx *ctx, const char *id);
+
+/**@}*/
+
 #ifdef __cplusplus
 }
 #endif

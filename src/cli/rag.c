@@ -9,6 +9,9 @@
  *   rag --root DIR ask "QUESTION" [--budget TOKENS] [-k N] [--as P,...] [--json]
  *   rag --root DIR status [--json]
  *   rag --root DIR drain [--timeout MS]
+ *   rag --root DIR dlq list [--json]
+ *   rag --root DIR dlq retry ID [--no-wait] [--timeout MS]
+ *   rag --root DIR dlq drop ID
  *   rag --version
  *
  * Errors go to stderr as "rag: <what>: <code text> (<detail>)" with exit status 1 (usage: 2).
@@ -80,6 +83,7 @@ static int usage(void)
           "  ask \"QUESTION\" [--budget TOKENS] [-k N] [--as P,...] [--json]\n"
           "  status [--json]\n"
           "  drain [--timeout MS]\n"
+          "  dlq list [--json] | dlq retry ID [--no-wait] | dlq drop ID\n"
           "  --version\n"
           "DIR defaults to $RAG_ROOT. Without --as, search and ask run with operator access\n"
           "(every document); with --as only public documents and those the principals may read.\n",
@@ -707,6 +711,82 @@ static int cmd_drain(cli *c)
     return 0;
 }
 
+/* ---- dead letters ------------------------------------------------------------------------------ */
+
+static void print_time_utc(uint64_t ms, char *buf, size_t size)
+{
+    time_t t = (time_t)(ms / 1000);
+    struct tm tm;
+    if (!gmtime_r(&t, &tm) || !strftime(buf, size, "%Y-%m-%dT%H:%M:%SZ", &tm))
+        snprintf(buf, size, "%llu", (unsigned long long)ms);
+}
+
+static int cmd_dlq(cli *c, int argc, char **argv)
+{
+    if (argc < 1)
+        return usage();
+    const char *sub = argv[0];
+    if (!strcmp(sub, "list")) {
+        if (argc != 1)
+            return usage();
+        rag_dead_letter_info *dl = NULL;
+        size_t n = 0;
+        int rc = rag_dlq_list(c->ctx, &dl, &n);
+        if (rc)
+            return fail(rc, "dlq list");
+        if (c->json) {
+            json_t *arr = json_array();
+            for (size_t i = 0; i < n; i++)
+                json_array_append_new(
+                    arr, json_pack("{s:s, s:s, s:s, s:i, s:s, s:I, s:I, s:s}", "id", dl[i].id,
+                                   "topic", dl[i].topic, "module", dl[i].module, "code",
+                                   dl[i].code, "error", rag_strerror(dl[i].code), "attempts",
+                                   (json_int_t)dl[i].attempts, "when_ms",
+                                   (json_int_t)dl[i].when_ms, "reason", dl[i].reason));
+            char *s = json_dumps(arr, JSON_COMPACT);
+            puts(s ? s : "[]");
+            free(s);
+            json_decref(arr);
+        } else if (n == 0) {
+            puts("no dead letters");
+        } else {
+            for (size_t i = 0; i < n; i++) {
+                char when[32];
+                print_time_utc(dl[i].when_ms, when, sizeof when);
+                printf("%s  %s  %s  %s  attempts %u  %s\n    %s\n", dl[i].id, dl[i].module,
+                       dl[i].topic, rag_strerror(dl[i].code), (unsigned)dl[i].attempts, when,
+                       dl[i].reason);
+            }
+        }
+        rag_free(dl);
+        return 0;
+    }
+    if (!strcmp(sub, "retry")) {
+        if (argc != 2)
+            return usage();
+        int rc = rag_dlq_retry(c->ctx, argv[1]);
+        if (rc)
+            return fail(rc, "dlq retry");
+        if (!c->no_wait) {
+            rc = rag_drain(c->ctx, c->timeout_ms);
+            if (rc)
+                return fail(rc, "drain");
+        }
+        printf("%s requeued\n", argv[1]);
+        return 0;
+    }
+    if (!strcmp(sub, "drop")) {
+        if (argc != 2)
+            return usage();
+        int rc = rag_dlq_drop(c->ctx, argv[1]);
+        if (rc)
+            return fail(rc, "dlq drop");
+        printf("%s dropped\n", argv[1]);
+        return 0;
+    }
+    return usage();
+}
+
 /* ---- main -------------------------------------------------------------------------------------- */
 
 static int parse_size(const char *s, size_t *out)
@@ -852,9 +932,18 @@ int main(int argc, char **argv)
 
     int known = !strcmp(cmd, "ingest") || !strcmp(cmd, "put") || !strcmp(cmd, "delete") ||
                 !strcmp(cmd, "search") || !strcmp(cmd, "ask") || !strcmp(cmd, "status") ||
-                !strcmp(cmd, "drain");
+                !strcmp(cmd, "drain") || !strcmp(cmd, "dlq");
     if (!known) {
         fprintf(stderr, "rag: unknown command %s\n", cmd);
+        free(args);
+        return usage();
+    }
+    if (!strcmp(cmd, "dlq") &&
+        (nargs < 1 || (strcmp(args[0], "list") && strcmp(args[0], "retry") &&
+                       strcmp(args[0], "drop")))) {
+        /* checked before rag_open, which would create a missing root */
+        if (nargs >= 1)
+            fprintf(stderr, "rag: unknown dlq command %s (list, retry or drop)\n", args[0]);
         free(args);
         return usage();
     }
@@ -886,6 +975,8 @@ int main(int argc, char **argv)
         rc = cmd_status(&c);
     } else if (!strcmp(cmd, "drain")) {
         rc = cmd_drain(&c);
+    } else if (!strcmp(cmd, "dlq")) {
+        rc = cmd_dlq(&c, nargs, args);
     }
     rag_close(c.ctx);
     free(c.acl_buf);

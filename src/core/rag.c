@@ -553,3 +553,136 @@ int rag_status(rag_ctx *ctx, rag_status_info *out)
     }
     return RAG_OK;
 }
+
+/* ---- dead letters ------------------------------------------------------------------------------ */
+
+/* Dead letters live in the consuming module's env ("__dead"), next to its inbox.  The façade
+ * only walks the registered consumers; the two index consumers share one env (and so one
+ * table), which must be visited once or every index dead letter would be listed twice. */
+static int consumer_env_seen_before(const rag_ctx *ctx, size_t i)
+{
+    for (size_t j = 0; j < i; j++)
+        if (ctx->consumers[j]->env == ctx->consumers[i]->env)
+            return 1;
+    return 0;
+}
+
+typedef struct dlq_collect {
+    rag_dead_letter_info *items;
+    size_t n, cap;
+    const char *module;
+    int err;
+} dlq_collect;
+
+static int dlq_collect_one(void *arg, const rag_dead_letter *dl)
+{
+    dlq_collect *col = arg;
+    if (col->n == col->cap) {
+        size_t cap = col->cap ? col->cap * 2 : 16;
+        rag_dead_letter_info *p = realloc(col->items, cap * sizeof *p);
+        if (!p) {
+            col->err = rag_error_set(RAG_ENOMEM, "dlq: out of memory listing dead letters");
+            return 1; /* stop the scan */
+        }
+        col->items = p;
+        col->cap = cap;
+    }
+    rag_dead_letter_info *o = &col->items[col->n++];
+    memset(o, 0, sizeof *o);
+    snprintf(o->id, sizeof o->id, "%s", dl->id);
+    snprintf(o->topic, sizeof o->topic, "%s", dl->topic);
+    snprintf(o->module, sizeof o->module, "%s", col->module);
+    o->code = dl->code;
+    o->attempts = dl->attempts;
+    o->when_ms = dl->when_ms;
+    snprintf(o->reason, sizeof o->reason, "%s", dl->reason);
+    return 0;
+}
+
+int rag_dlq_list(rag_ctx *ctx, rag_dead_letter_info **out, size_t *count)
+{
+    rag_error_clear();
+    if (out)
+        *out = NULL;
+    if (count)
+        *count = 0;
+    if (!ctx || !out || !count)
+        return rag_error_set(RAG_EINVAL, "ctx, out and count are required");
+    dlq_collect col = {NULL, 0, 0, NULL, RAG_OK};
+    for (size_t i = 0; i < ctx->consumer_count; i++) {
+        if (consumer_env_seen_before(ctx, i))
+            continue;
+        col.module = ctx->consumers[i]->module ? ctx->consumers[i]->module : "";
+        int rc = rag_dead_list(ctx->consumers[i]->env, dlq_collect_one, &col);
+        if (!rc)
+            rc = col.err;
+        if (rc) {
+            free(col.items);
+            return rc;
+        }
+    }
+    if (col.n == 0) {
+        free(col.items);
+        col.items = NULL;
+    }
+    *out = col.items; /* plain malloc: rag_free() is free() */
+    *count = col.n;
+    return RAG_OK;
+}
+
+static int dlq_id_check(rag_ctx *ctx, const char *id)
+{
+    if (!ctx || !id || !*id)
+        return rag_error_set(RAG_EINVAL, "ctx and a dead letter id are required");
+    if (strlen(id) >= RAG_QUEUE_MSGID_MAX)
+        return rag_error_set(RAG_ENOTFOUND, "no dead letter %.80s...: id too long", id);
+    return RAG_OK;
+}
+
+int rag_dlq_retry(rag_ctx *ctx, const char *id)
+{
+    rag_error_clear();
+    int rc = dlq_id_check(ctx, id);
+    if (rc)
+        return rc;
+    for (size_t i = 0; i < ctx->consumer_count; i++) {
+        rag_consumer *c = ctx->consumers[i];
+        if (consumer_env_seen_before(ctx, i))
+            continue;
+        if (!c->outbox)
+            continue; /* every module's consumer has one; a retry needs its env's outbox */
+        /* The payload goes into the outbox of the env holding the dead letter, i.e. the
+         * consuming module's own outbox, with its topic unchanged: routing is by topic, so
+         * the same consumer (and no other) gets it again.  The new id is needed because the
+         * old one is in this module's inbox and would be skipped as a duplicate. */
+        char new_id[RAG_QUEUE_MSGID_MAX];
+        rc = rag_dead_retry(c->outbox, id, new_id);
+        if (rc == RAG_ENOTFOUND)
+            continue;
+        if (rc)
+            return rc;
+        /* Committed: a relay failure is not the caller's failure (the row stays and the next
+         * relay by a worker, rag_drain() or rag_open() sends it). */
+        size_t moved = 0;
+        rag_outbox_relay(c->outbox, &ctx->transport, 0, &moved);
+        rag_error_clear();
+        return RAG_OK;
+    }
+    return rag_error_set(RAG_ENOTFOUND, "no dead letter %s", id);
+}
+
+int rag_dlq_drop(rag_ctx *ctx, const char *id)
+{
+    rag_error_clear();
+    int rc = dlq_id_check(ctx, id);
+    if (rc)
+        return rc;
+    for (size_t i = 0; i < ctx->consumer_count; i++) {
+        if (consumer_env_seen_before(ctx, i))
+            continue;
+        rc = rag_dead_drop(ctx->consumers[i]->env, id);
+        if (rc != RAG_ENOTFOUND)
+            return rc;
+    }
+    return rag_error_set(RAG_ENOTFOUND, "no dead letter %s", id);
+}
