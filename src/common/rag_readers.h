@@ -16,6 +16,10 @@
 typedef struct rag_doc_view {
     uint64_t latest_version;   /* newest version accepted by ingest */
     int deleted;               /* 1: tombstoned; searches must drop it */
+    /* Newest version number covered by any delete of this id (0: never deleted). Hits of a
+     * version <= this are dropped even after the id was put again: until the index applies
+     * the delete it may still hold the deleted version's labels. */
+    uint64_t deleted_through;
     const char *title;         /* of the latest version; "" if none */
     const char *uri;           /* "" if none */
 } rag_doc_view;

@@ -440,6 +440,7 @@ static int rd_doc_info(void *self, void *rtxn, const char *doc_id, rag_doc_view 
         return rc;
     out->latest_version = d.latest;
     out->deleted = d.deleted;
+    out->deleted_through = d.deleted_at;
     out->title = d.title;
     out->uri = d.uri;
     return RAG_OK;

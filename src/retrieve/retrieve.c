@@ -334,8 +334,9 @@ static int validate_hits(rag_retrieve *rt, void *rtxn, const rag_index_hit *hits
             continue; /* unknown to ingest: purged, or never committed there */
         if (rc)
             return reader_error(rc, "retrieve: doc_info(%s) failed", h->doc_id);
-        if (view.deleted)
-            continue; /* tombstoned: deletes are visible before the index catches up */
+        if (view.deleted || h->version <= view.deleted_through)
+            continue; /* tombstoned: deletes are visible before the index catches up, also
+                         when the id was put again before the index applied the delete */
         const char *text = NULL;
         size_t len = 0;
         rc = ig->chunk_text(ig->self, rtxn, h->doc_id, h->version, h->chunk_no, &text, &len);
