@@ -146,6 +146,30 @@ static int open_ctx(cli *c)
     return 0;
 }
 
+/* After a change: wait until it is searchable, unless --no-wait. */
+static int wait_unless_no_wait(cli *c)
+{
+    if (c->no_wait)
+        return 0;
+    int rc = rag_drain(c->ctx, c->timeout_ms);
+    return rc ? fail(rc, "drain") : 0;
+}
+
+/* Idempotency key binding a name to its exact bytes (FNV-1a 64 plus length), so that
+ * re-running an interrupted ingest returns at once for everything already stored unchanged.
+ * Caller frees. */
+static char *content_key(const char *prefix, const char *name, const char *data, size_t len)
+{
+    unsigned long long h = 1469598103934665603ull;
+    for (size_t j = 0; j < len; j++)
+        h = (h ^ (unsigned char)data[j]) * 1099511628211ull;
+    size_t n = strlen(prefix) + strlen(name) + 64;
+    char *key = malloc(n);
+    if (key)
+        snprintf(key, n, "%s:%s:%zu:%016llx", prefix, name, len, h);
+    return key;
+}
+
 /* ---- progress ------------------------------------------------------------------------------ */
 
 typedef struct progress {
@@ -336,13 +360,7 @@ static int cmd_ingest_files(cli *c, int argc, char **argv)
         memset(d, 0, sizeof *d);
         char *uri = malloc(strlen(real) + 8);
         sprintf(uri, "file://%s", real);
-        /* The idempotency key binds path and content: re-running an interrupted ingest
-         * returns at once for every file already stored unchanged. */
-        char *key = malloc(strlen(real) + 64);
-        unsigned long long h = 1469598103934665603ull;
-        for (size_t j = 0; j < len; j++)
-            h = (h ^ (unsigned char)data[j]) * 1099511628211ull;
-        sprintf(key, "cli:%s:%zu:%016llx", real, len, h);
+        char *key = content_key("cli", real, data, len);
         b->owned[k][0] = data;
         b->owned[k][1] = strdup(real);
         b->owned[k][2] = NULL;
@@ -428,11 +446,7 @@ static int cmd_ingest_jsonl(cli *c)
         size_t k = b->n;
         rag_doc *d = &b->docs[k];
         memset(d, 0, sizeof *d);
-        char *key = malloc(strlen(id) + 64);
-        unsigned long long h = 1469598103934665603ull;
-        for (size_t j = 0; j < len; j++)
-            h = (h ^ (unsigned char)data[j]) * 1099511628211ull;
-        sprintf(key, "cli-jsonl:%s:%zu:%016llx", id, len, h);
+        char *key = content_key("cli-jsonl", id, data, len);
         b->owned[k][0] = data;
         b->owned[k][1] = strdup(id);
         b->owned[k][2] = strdup(title ? title : "");
@@ -499,12 +513,7 @@ static int cmd_put(cli *c, int argc, char **argv)
     if (rc)
         return fail(rc, "put");
     printf("%s version %llu\n", argv[0], (unsigned long long)version);
-    if (!c->no_wait) {
-        rc = rag_drain(c->ctx, c->timeout_ms);
-        if (rc)
-            return fail(rc, "drain");
-    }
-    return 0;
+    return wait_unless_no_wait(c);
 }
 
 static int cmd_delete(cli *c, int argc, char **argv)
@@ -514,11 +523,9 @@ static int cmd_delete(cli *c, int argc, char **argv)
     int rc = rag_doc_delete(c->ctx, argv[0]);
     if (rc)
         return fail(rc, "delete");
-    if (!c->no_wait) {
-        rc = rag_drain(c->ctx, c->timeout_ms);
-        if (rc)
-            return fail(rc, "drain");
-    }
+    rc = wait_unless_no_wait(c);
+    if (rc)
+        return rc;
     printf("%s deleted\n", argv[0]);
     return 0;
 }
@@ -767,11 +774,9 @@ static int cmd_dlq(cli *c, int argc, char **argv)
         int rc = rag_dlq_retry(c->ctx, argv[1]);
         if (rc)
             return fail(rc, "dlq retry");
-        if (!c->no_wait) {
-            rc = rag_drain(c->ctx, c->timeout_ms);
-            if (rc)
-                return fail(rc, "drain");
-        }
+        rc = wait_unless_no_wait(c);
+        if (rc)
+            return rc;
         printf("%s requeued\n", argv[1]);
         return 0;
     }
