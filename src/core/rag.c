@@ -31,9 +31,13 @@
 #define RAG_ROOT_FORMAT 1
 #define RAG_MAX_CONSUMERS 4
 
+/* One worker thread per consuming env: consumers that share an env (index's doc.embedded and
+ * doc.deleted) share a thread, so that each batch's commit, FAISS apply and outbox relay run
+ * in order and no other thread relays an event whose effect is committed but not applied. */
 typedef struct rag_worker {
     rag_ctx *ctx;
-    rag_consumer *consumer;
+    rag_consumer *consumers[RAG_MAX_CONSUMERS];
+    size_t count;
     pthread_t thread;
 } rag_worker;
 
@@ -58,6 +62,7 @@ struct rag_ctx {
     size_t outbox_count;
 
     rag_worker workers[RAG_MAX_CONSUMERS];
+    size_t worker_count;
     int started;
     atomic_int stopping;
     pthread_mutex_t pump_lock; /* one inline pump at a time */
@@ -295,21 +300,31 @@ static void *worker_main(void *arg)
     rag_ctx *ctx = w->ctx;
     while (!atomic_load(&ctx->stopping)) {
         size_t processed = 0;
-        int rc = rag_consumer_run_once(w->consumer, &ctx->transport, &ctx->policy, &processed);
+        int failed = 0;
+        for (size_t i = 0; i < w->count; i++) {
+            size_t n = 0;
+            failed |= rag_consumer_run_once(w->consumers[i], &ctx->transport, &ctx->policy, &n) != 0;
+            processed += n;
+        }
         if (processed > 0)
             continue;
-        /* Idle (or failing): push any outbox rows a failed relay left behind, then wait
-         * for a publish to our topic instead of spinning. */
-        if (w->consumer->outbox) {
-            size_t moved = 0;
-            rag_outbox_relay(w->consumer->outbox, &ctx->transport, 0, &moved);
+        /* Idle (or failing): push any outbox rows a failed relay left behind, then wait for a
+         * publish instead of spinning. With several topics, wait briefly on each in turn. */
+        for (size_t i = 0; i < w->count; i++) {
+            if (w->consumers[i]->outbox) {
+                size_t moved = 0;
+                rag_outbox_relay(w->consumers[i]->outbox, &ctx->transport, 0, &moved);
+                break; /* consumers of one env share its outbox */
+            }
         }
-        uint32_t wait_ms = rc ? 100 : 250;
-        if (ctx->transport.wait) {
-            ctx->transport.wait(ctx->transport.state, w->consumer->topic, wait_ms);
-        } else {
-            struct timespec ts = {0, 10 * 1000000L};
-            nanosleep(&ts, NULL);
+        uint32_t wait_ms = (failed ? 100u : 250u) / (uint32_t)w->count;
+        for (size_t i = 0; i < w->count && !atomic_load(&ctx->stopping); i++) {
+            if (ctx->transport.wait) {
+                ctx->transport.wait(ctx->transport.state, w->consumers[i]->topic, wait_ms);
+            } else {
+                struct timespec ts = {0, 10 * 1000000L};
+                nanosleep(&ts, NULL);
+            }
         }
     }
     return NULL;
@@ -322,11 +337,21 @@ int rag_start(rag_ctx *ctx)
     if (ctx->started)
         return rag_error_set(RAG_ESTATE, "workers already started");
     atomic_store(&ctx->stopping, 0);
+    ctx->worker_count = 0;
     for (size_t i = 0; i < ctx->consumer_count; i++) {
-        rag_worker *w = &ctx->workers[i];
-        w->ctx = ctx;
-        w->consumer = ctx->consumers[i];
-        if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
+        rag_worker *w = NULL;
+        for (size_t j = 0; j < ctx->worker_count; j++)
+            if (ctx->workers[j].consumers[0]->env == ctx->consumers[i]->env)
+                w = &ctx->workers[j];
+        if (!w) {
+            w = &ctx->workers[ctx->worker_count++];
+            memset(w, 0, sizeof *w);
+            w->ctx = ctx;
+        }
+        w->consumers[w->count++] = ctx->consumers[i];
+    }
+    for (size_t i = 0; i < ctx->worker_count; i++) {
+        if (pthread_create(&ctx->workers[i].thread, NULL, worker_main, &ctx->workers[i]) != 0) {
             atomic_store(&ctx->stopping, 1);
             if (ctx->transport.wake_all)
                 ctx->transport.wake_all(ctx->transport.state);
@@ -348,7 +373,7 @@ int rag_stop(rag_ctx *ctx)
     atomic_store(&ctx->stopping, 1);
     if (ctx->transport.wake_all)
         ctx->transport.wake_all(ctx->transport.state);
-    for (size_t i = 0; i < ctx->consumer_count; i++)
+    for (size_t i = 0; i < ctx->worker_count; i++)
         pthread_join(ctx->workers[i].thread, NULL);
     ctx->started = 0;
     return RAG_OK;
