@@ -269,23 +269,30 @@ static int decode_dead(const MDB_val *k, const MDB_val *v, rag_dead_letter *dl,
     return RAG_OK;
 }
 
+/* Open "__dead" and a read txn on it. The table is opened in a write txn (rag_dbi_open):
+ * LMDB forbids concurrent mdb_dbi_open calls, and write txns are serialised, so this cannot
+ * race another module's opens. */
+static int dead_read_begin(MDB_env *env, MDB_dbi *dbi, MDB_txn **txn)
+{
+    int rc = rag_dbi_open(env, dead_name, 0, dbi);
+    if (rc)
+        return rc;
+    int mrc = mdb_txn_begin(env, NULL, MDB_RDONLY, txn);
+    return mrc ? rag_mdb_error(mrc, "dead letters: read txn") : RAG_OK;
+}
+
 int rag_dead_count(MDB_env *env, uint64_t *count)
 {
     if (!env || !count)
         return rag_error_set(RAG_EINVAL, "dead_count needs env and count");
     *count = 0;
     MDB_dbi dbi;
-    /* Opened in a write txn (rag_dbi_open): LMDB forbids concurrent mdb_dbi_open calls, and
-     * write txns are serialised, so this cannot race another module's opens. */
-    int rc = rag_dbi_open(env, dead_name, 0, &dbi);
+    MDB_txn *txn;
+    int rc = dead_read_begin(env, &dbi, &txn);
     if (rc)
         return rc;
-    MDB_txn *txn;
-    int mrc = mdb_txn_begin(env, NULL, MDB_RDONLY, &txn);
-    if (mrc)
-        return rag_mdb_error(mrc, "dead_count txn");
     MDB_stat st;
-    mrc = mdb_stat(txn, dbi, &st);
+    int mrc = mdb_stat(txn, dbi, &st);
     mdb_txn_abort(txn);
     if (mrc)
         return rag_mdb_error(mrc, "dead_count stat");
@@ -298,15 +305,12 @@ int rag_dead_list(MDB_env *env, int (*fn)(void *arg, const rag_dead_letter *dl),
     if (!env || !fn)
         return rag_error_set(RAG_EINVAL, "dead_list needs env and fn");
     MDB_dbi dbi;
-    int rc = rag_dbi_open(env, dead_name, 0, &dbi);
+    MDB_txn *txn;
+    int rc = dead_read_begin(env, &dbi, &txn);
     if (rc)
         return rc;
-    MDB_txn *txn;
-    int mrc = mdb_txn_begin(env, NULL, MDB_RDONLY, &txn);
-    if (mrc)
-        return rag_mdb_error(mrc, "dead_list txn");
     MDB_cursor *cur;
-    mrc = mdb_cursor_open(txn, dbi, &cur);
+    int mrc = mdb_cursor_open(txn, dbi, &cur);
     if (mrc) {
         mdb_txn_abort(txn);
         return rag_mdb_error(mrc, "dead_list cursor");
