@@ -27,7 +27,7 @@ extern "C" {
 /** Opaque handle on one root directory. */
 typedef struct rag_ctx rag_ctx;
 
-#define RAG_OPTIONS_VERSION 1u
+#define RAG_OPTIONS_VERSION 2u
 
 /** Longest document id in bytes (excluding NUL). */
 #define RAG_DOC_ID_MAX 256
@@ -59,9 +59,15 @@ typedef struct rag_options {
     /** Queue transport.  NULL: the embedded LMDB broker under `<root>/queue/`.  Copied, and
      *  `state` owned, as for `provider`. */
     rag_queue_transport *transport;
+    /* ---- version 2 ---- */
+    /** How long an idempotency key is remembered, in seconds [86400 = 24 h]. */
+    unsigned int idempotency_ttl_s;
+    /** A document version (or delete) not confirmed by the index within this many ms is
+     *  reported by rag_fsck() as a stuck saga [600000 = 10 min]. */
+    unsigned int saga_deadline_ms;
 } rag_options;
 
-#define RAG_OPTIONS_INIT {RAG_OPTIONS_VERSION, NULL, NULL, 0u, NULL, 0, 0, 0, 0, 0, 0, 0u, 0u, 0u, 0u, 0u, 0, NULL}
+#define RAG_OPTIONS_INIT {RAG_OPTIONS_VERSION, NULL, NULL, 0u, NULL, 0, 0, 0, 0, 0, 0, 0u, 0u, 0u, 0u, 0u, 0, NULL, 0u, 0u}
 
 /**
  * Fill `opts` with defaults.
@@ -249,7 +255,7 @@ typedef struct rag_status_queue {
     uint64_t inflight;
 } rag_status_queue;
 
-#define RAG_STATUS_VERSION 1u
+#define RAG_STATUS_VERSION 2u
 
 typedef struct rag_status_info {
     unsigned int version;  /**< set by the caller to ::RAG_STATUS_VERSION */
@@ -261,6 +267,10 @@ typedef struct rag_status_info {
     uint64_t index_epoch;  /**< increments with every index change */
     size_t queue_count;
     rag_status_queue queues[RAG_STATUS_MAX_QUEUES];
+    /* ---- version 2 (filled only when the caller set version >= 2) ---- */
+    uint64_t sagas_running;     /**< versions/deletes on their way through the pipeline */
+    uint64_t sagas_failed;      /**< versions that failed and were (or are being) compensated */
+    uint64_t sagas_compensating;/**< failed versions whose compensation has not finished */
 } rag_status_info;
 
 /**
@@ -324,6 +334,108 @@ RAG_API int rag_dlq_retry(rag_ctx *ctx, const char *id);
  *         argument; ::RAG_ESTORAGE.
  */
 RAG_API int rag_dlq_drop(rag_ctx *ctx, const char *id);
+
+/**@}*/
+
+/**
+ * @name Consistency check
+ * rag_fsck() first drains the pipeline (work in flight is not an inconsistency), then checks
+ * every module against the others: each index label must belong to the version ingest holds
+ * active (else an *orphan vector*), each live document's latest version must be active and
+ * searchable unless its saga failed (else a *phantom document*), no document may have labels
+ * of two versions or two labels for one chunk (*duplicate*), no saga may be unfinished or past
+ * its deadline (*stuck saga*), and no message may sit in a dead-letter table (*dead letter*).
+ * With ::RAG_FSCK_REPAIR every finding is fixed through the normal event paths (ingest
+ * re-emits the event that moves the document to its correct state) and the pipeline is
+ * drained again; a second run then reports nothing.  Dead letters are reported, never
+ * dropped: retry or drop them with rag_dlq_retry()/rag_dlq_drop().
+ */
+/**@{*/
+
+#define RAG_FSCK_REPAIR 0x1u /**< fix what is found (through events), then drain */
+
+/** Kinds of findings. */
+typedef enum rag_fsck_kind {
+    RAG_FSCK_ORPHAN_VECTOR = 1,   /**< index label of a version that is not active in ingest */
+    RAG_FSCK_PHANTOM_DOCUMENT = 2,/**< live document whose latest version is not searchable */
+    RAG_FSCK_DUPLICATE = 3,       /**< labels of two versions, or two labels for one chunk */
+    RAG_FSCK_STUCK_SAGA = 4,      /**< a saga unfinished after the drain or past its deadline */
+    RAG_FSCK_DEAD_LETTER = 5,     /**< a message parked in a dead-letter table */
+    RAG_FSCK_INDEX_STATE = 6,     /**< index tables disagree with each other or with FAISS */
+    RAG_FSCK_QUEUE = 7            /**< work still queued when the drain timed out */
+} rag_fsck_kind;
+
+/** One finding. */
+typedef struct rag_fsck_issue {
+    rag_fsck_kind kind;
+    char doc_id[RAG_DOC_ID_MAX + 1]; /**< "" when the finding is not about one document */
+    uint64_t version;                /**< version concerned, 0 when none */
+    int64_t label;                   /**< index label concerned, -1 when none */
+    int repaired;                    /**< 1: a fix was queued and the drain after it ran */
+    char detail[256];
+} rag_fsck_issue;
+
+typedef struct rag_fsck_report {
+    size_t count;                /**< findings */
+    rag_fsck_issue *issues;
+    uint64_t documents_checked;  /**< ingest documents looked at */
+    uint64_t labels_checked;     /**< index labels looked at */
+    uint64_t sagas_checked;
+    int drained;                 /**< 1: the pipeline was empty when checked */
+} rag_fsck_report;
+
+/**
+ * Check (and with ::RAG_FSCK_REPAIR repair) the consistency of the root.
+ * @param flags      0 or ::RAG_FSCK_REPAIR.
+ * @param timeout_ms bound of each drain (0: no limit).
+ * @param[out] out   report; free with rag_fsck_report_free().  `count == 0` means clean.
+ * @return ::RAG_OK (check `count`); ::RAG_EINVAL; ::RAG_ESTORAGE, ::RAG_ECORRUPT when a table
+ *         cannot be read.
+ */
+RAG_API int rag_fsck(rag_ctx *ctx, unsigned int flags, uint32_t timeout_ms,
+                     rag_fsck_report **out);
+RAG_API void rag_fsck_report_free(rag_fsck_report *report);
+/** "orphan_vector", "phantom_document", ... (stable names, used by `rag fsck --json`). */
+RAG_API const char *rag_fsck_kind_name(rag_fsck_kind kind);
+
+/**@}*/
+
+/**
+ * @name Trace
+ * The journey of a document's last version (or of its delete) through the modules: each
+ * event, the module that handled it, when, after how many delivery attempts, and with what
+ * outcome; plus the saga's state and, while it is unfinished, where it waits.
+ */
+/**@{*/
+
+typedef struct rag_trace_step {
+    char module[16];   /**< "ingest", "embed", "index" */
+    char event[32];    /**< "put", "delete", "doc.chunked", "doc.embedded", ... */
+    uint64_t at_ms;    /**< wall clock, ms since the Unix epoch */
+    uint32_t attempts; /**< delivery attempt that produced the outcome (1 = first try) */
+    int code;          /**< ::RAG_OK or the failure's code */
+} rag_trace_step;
+
+typedef struct rag_trace_info {
+    char doc_id[RAG_DOC_ID_MAX + 1];
+    uint64_t version;       /**< the version the saga is about */
+    char kind[8];           /**< "put" or "delete" */
+    char state[16];         /**< "running", "done", "superseded", "compensating", "failed" */
+    uint64_t active_version;/**< version searches return now (0: none) */
+    int deleted;            /**< 1: the document is deleted */
+    uint64_t started_ms, updated_ms, deadline_ms;
+    int code;               /**< failure code of a failed saga, else ::RAG_OK */
+    char reason[256];       /**< failure detail, or where an unfinished saga waits */
+    size_t step_count;
+    rag_trace_step *steps;  /**< oldest first */
+} rag_trace_info;
+
+/**
+ * @param[out] out trace; free with rag_trace_free().
+ * @return ::RAG_OK; ::RAG_ENOTFOUND no saga is recorded for this id; ::RAG_EINVAL.
+ */
+RAG_API int rag_trace(rag_ctx *ctx, const char *doc_id, rag_trace_info **out);
+RAG_API void rag_trace_free(rag_trace_info *trace);
 
 /**@}*/
 

@@ -111,7 +111,7 @@ static int init_env(rag_assembler *as)
         mdb_txn_abort(txn);
         return rag_mdb_error(mrc, "assemble: initialise env");
     }
-    mrc = mdb_txn_commit(txn);
+    mrc = rag_txn_commit(txn);
     return mrc ? rag_mdb_error(mrc, "assemble: commit") : RAG_OK;
 }
 

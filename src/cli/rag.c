@@ -12,6 +12,8 @@
  *   rag --root DIR dlq list [--json]
  *   rag --root DIR dlq retry ID [--no-wait] [--timeout MS]
  *   rag --root DIR dlq drop ID
+ *   rag --root DIR fsck [--repair] [--json] [--timeout MS]
+ *   rag --root DIR trace ID [--json]
  *   rag --version
  *
  * Errors go to stderr as "rag: <what>: <code text> (<detail>)" with exit status 1 (usage: 2).
@@ -50,6 +52,7 @@ typedef struct cli {
     const char *mime, *title, *uri, *key, *jsonl;
     rag_search_mode mode;
     int all_files;
+    int repair;
 } cli;
 
 static volatile sig_atomic_t interrupted;
@@ -84,6 +87,8 @@ static int usage(void)
           "  status [--json]\n"
           "  drain [--timeout MS]\n"
           "  dlq list [--json] | dlq retry ID [--no-wait] | dlq drop ID\n"
+          "  fsck [--repair] [--json] [--timeout MS]   (exit 3 when inconsistencies remain)\n"
+          "  trace ID [--json]\n"
           "  --version\n"
           "DIR defaults to $RAG_ROOT. Without --as, search and ask run with operator access\n"
           "(every document); with --as only public documents and those the principals may read.\n",
@@ -687,11 +692,15 @@ static int cmd_status(cli *c)
                                           "ready", (json_int_t)st.queues[i].ready, "delayed",
                                           (json_int_t)st.queues[i].delayed, "inflight",
                                           (json_int_t)st.queues[i].inflight));
-        json_t *o = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:o}", "documents",
-                              (json_int_t)st.documents, "versions", (json_int_t)st.versions,
-                              "chunks", (json_int_t)st.chunks, "vectors", (json_int_t)st.vectors,
-                              "dead_letters", (json_int_t)st.dead_letters, "index_epoch",
-                              (json_int_t)st.index_epoch, "queues", queues);
+        json_t *o = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:o, s:{s:I, s:I, s:I}}",
+                              "documents", (json_int_t)st.documents, "versions",
+                              (json_int_t)st.versions, "chunks", (json_int_t)st.chunks,
+                              "vectors", (json_int_t)st.vectors, "dead_letters",
+                              (json_int_t)st.dead_letters, "index_epoch",
+                              (json_int_t)st.index_epoch, "queues", queues, "sagas", "running",
+                              (json_int_t)st.sagas_running, "compensating",
+                              (json_int_t)st.sagas_compensating, "failed",
+                              (json_int_t)st.sagas_failed);
         char *s = json_dumps(o, JSON_COMPACT);
         puts(s);
         free(s);
@@ -699,10 +708,13 @@ static int cmd_status(cli *c)
         return 0;
     }
     printf("documents     %llu\nversions      %llu\nchunks        %llu\nvectors       %llu\n"
-           "dead letters  %llu\nindex epoch   %llu\nqueues:\n",
+           "dead letters  %llu\nindex epoch   %llu\nsagas         %llu running, %llu "
+           "compensating, %llu failed\nqueues:\n",
            (unsigned long long)st.documents, (unsigned long long)st.versions,
            (unsigned long long)st.chunks, (unsigned long long)st.vectors,
-           (unsigned long long)st.dead_letters, (unsigned long long)st.index_epoch);
+           (unsigned long long)st.dead_letters, (unsigned long long)st.index_epoch,
+           (unsigned long long)st.sagas_running, (unsigned long long)st.sagas_compensating,
+           (unsigned long long)st.sagas_failed);
     for (size_t i = 0; i < st.queue_count; i++)
         printf("  %-16s ready %llu  delayed %llu  inflight %llu\n", st.queues[i].name,
                (unsigned long long)st.queues[i].ready, (unsigned long long)st.queues[i].delayed,
@@ -792,6 +804,112 @@ static int cmd_dlq(cli *c, int argc, char **argv)
     return usage();
 }
 
+/* ---- fsck and trace ---------------------------------------------------------------------------- */
+
+static int cmd_fsck(cli *c)
+{
+    rag_fsck_report *rep = NULL;
+    uint32_t timeout = c->timeout_ms ? c->timeout_ms : 60000u;
+    int rc = rag_fsck(c->ctx, c->repair ? RAG_FSCK_REPAIR : 0, timeout, &rep);
+    if (rc)
+        return fail(rc, "fsck");
+    size_t unrepaired = 0;
+    for (size_t i = 0; i < rep->count; i++)
+        unrepaired += !rep->issues[i].repaired;
+    if (c->json) {
+        json_t *arr = json_array();
+        for (size_t i = 0; i < rep->count; i++) {
+            const rag_fsck_issue *is = &rep->issues[i];
+            json_array_append_new(
+                arr, json_pack("{s:s, s:s, s:I, s:I, s:b, s:s}", "kind",
+                               rag_fsck_kind_name(is->kind), "doc_id", is->doc_id, "version",
+                               (json_int_t)is->version, "label", (json_int_t)is->label,
+                               "repaired", is->repaired, "detail", is->detail));
+        }
+        json_t *o = json_pack("{s:b, s:b, s:I, s:I, s:I, s:I, s:o}", "clean", rep->count == 0,
+                              "drained", rep->drained, "documents_checked",
+                              (json_int_t)rep->documents_checked, "labels_checked",
+                              (json_int_t)rep->labels_checked, "sagas_checked",
+                              (json_int_t)rep->sagas_checked, "issues", (json_int_t)rep->count,
+                              "findings", arr);
+        char *s = json_dumps(o, JSON_COMPACT);
+        puts(s);
+        free(s);
+        json_decref(o);
+    } else {
+        for (size_t i = 0; i < rep->count; i++) {
+            const rag_fsck_issue *is = &rep->issues[i];
+            char where[RAG_DOC_ID_MAX + 32];
+            if (is->version)
+                snprintf(where, sizeof where, "%s@%llu", is->doc_id,
+                         (unsigned long long)is->version);
+            else
+                snprintf(where, sizeof where, "%s", is->doc_id[0] ? is->doc_id : "-");
+            printf("%-17s %s  %s%s\n", rag_fsck_kind_name(is->kind), where, is->detail,
+                   is->repaired ? "  [repaired]" : "");
+        }
+        printf("fsck: %llu documents, %llu labels, %llu sagas checked: %s\n",
+               (unsigned long long)rep->documents_checked,
+               (unsigned long long)rep->labels_checked, (unsigned long long)rep->sagas_checked,
+               rep->count == 0 ? "clean"
+               : unrepaired ? "inconsistencies found"
+                            : "inconsistencies repaired (run again to confirm)");
+    }
+    rag_fsck_report_free(rep);
+    return unrepaired ? 3 : 0;
+}
+
+static int cmd_trace(cli *c, int argc, char **argv)
+{
+    if (argc != 1)
+        return usage();
+    rag_trace_info *t = NULL;
+    int rc = rag_trace(c->ctx, argv[0], &t);
+    if (rc)
+        return fail(rc, "trace");
+    if (c->json) {
+        json_t *steps = json_array();
+        for (size_t i = 0; i < t->step_count; i++) {
+            const rag_trace_step *st = &t->steps[i];
+            json_array_append_new(steps, json_pack("{s:s, s:s, s:I, s:i, s:i, s:s}", "module",
+                                                   st->module, "event", st->event, "at_ms",
+                                                   (json_int_t)st->at_ms, "attempts",
+                                                   (int)st->attempts, "code", st->code,
+                                                   "status", rag_strerror(st->code)));
+        }
+        json_t *o = json_pack("{s:s, s:I, s:s, s:s, s:I, s:b, s:I, s:I, s:I, s:i, s:s, s:o}",
+                              "doc_id", t->doc_id, "version", (json_int_t)t->version, "kind",
+                              t->kind, "state", t->state, "active_version",
+                              (json_int_t)t->active_version, "deleted", t->deleted,
+                              "started_ms", (json_int_t)t->started_ms, "updated_ms",
+                              (json_int_t)t->updated_ms, "deadline_ms",
+                              (json_int_t)t->deadline_ms, "code", t->code, "reason", t->reason,
+                              "steps", steps);
+        char *s = json_dumps(o, JSON_COMPACT);
+        puts(s);
+        free(s);
+        json_decref(o);
+    } else {
+        printf("%s: %s of version %llu, %s; active version %llu%s\n", t->doc_id, t->kind,
+               (unsigned long long)t->version, t->state, (unsigned long long)t->active_version,
+               t->deleted ? " (deleted)" : "");
+        if (t->reason[0])
+            printf("  %s%s%s\n", t->code ? rag_strerror(t->code) : "", t->code ? ": " : "",
+                   t->reason);
+        uint64_t t0 = t->step_count ? t->steps[0].at_ms : 0;
+        for (size_t i = 0; i < t->step_count; i++) {
+            const rag_trace_step *st = &t->steps[i];
+            char when[32];
+            print_time_utc(st->at_ms, when, sizeof when);
+            printf("  %s +%6llu ms  %-7s %-13s attempt %u  %s\n", when,
+                   (unsigned long long)(st->at_ms - t0), st->module, st->event, st->attempts,
+                   st->code ? rag_strerror(st->code) : "ok");
+        }
+    }
+    rag_trace_free(t);
+    return 0;
+}
+
 /* ---- main -------------------------------------------------------------------------------------- */
 
 static int parse_size(const char *s, size_t *out)
@@ -869,6 +987,8 @@ int main(int argc, char **argv)
             c.timeout_ms = (uint32_t)t;
         } else if (!strcmp(a, "--json")) {
             c.json = 1;
+        } else if (!strcmp(a, "--repair")) {
+            c.repair = 1;
         } else if (!strcmp(a, "--no-wait")) {
             c.no_wait = 1;
         } else if (!strcmp(a, "--all")) {
@@ -937,7 +1057,8 @@ int main(int argc, char **argv)
 
     int known = !strcmp(cmd, "ingest") || !strcmp(cmd, "put") || !strcmp(cmd, "delete") ||
                 !strcmp(cmd, "search") || !strcmp(cmd, "ask") || !strcmp(cmd, "status") ||
-                !strcmp(cmd, "drain") || !strcmp(cmd, "dlq");
+                !strcmp(cmd, "drain") || !strcmp(cmd, "dlq") || !strcmp(cmd, "fsck") ||
+                !strcmp(cmd, "trace");
     if (!known) {
         fprintf(stderr, "rag: unknown command %s\n", cmd);
         free(args);
@@ -982,6 +1103,10 @@ int main(int argc, char **argv)
         rc = cmd_drain(&c);
     } else if (!strcmp(cmd, "dlq")) {
         rc = cmd_dlq(&c, nargs, args);
+    } else if (!strcmp(cmd, "fsck")) {
+        rc = cmd_fsck(&c);
+    } else if (!strcmp(cmd, "trace")) {
+        rc = cmd_trace(&c, nargs, args);
     }
     rag_close(c.ctx);
     free(c.acl_buf);

@@ -37,6 +37,9 @@ int rag_config_init(rag_config *cfg, const char *root, const rag_options *opts)
     cfg->retry_cap_ms = DEF(retry_cap_ms, 5000u);
     cfg->lease_ms = DEF(lease_ms, 30000u);
     cfg->batch_size = DEF(batch_size, 256u);
+    /* version-2 fields exist only in callers built against version 2 */
+    cfg->idempotency_ttl_ms = 1000ull * (opts->version >= 2 ? DEF(idempotency_ttl_s, 86400u) : 86400u);
+    cfg->saga_deadline_ms = opts->version >= 2 ? DEF(saga_deadline_ms, 600000u) : 600000u;
 #undef DEF
     if (cfg->embed_dim < 8 || cfg->embed_dim > 4096)
         return rag_error_set(RAG_EINVAL, "embed_dim %u outside 8..4096", cfg->embed_dim);

@@ -40,6 +40,60 @@ static int check_format(rag_rbuf *r, const char *what)
     return RAG_OK;
 }
 
+/* ---- trail ------------------------------------------------------------------------------ */
+
+void rag_ev_trail_add(rag_ev_trail *t, const char *module, const char *event, uint64_t at_ms,
+                      uint32_t attempts, int32_t code)
+{
+    if (t->count == RAG_EV_TRAIL_MAX) {
+        /* keep the first hop (where the saga started) and drop the oldest after it */
+        memmove(&t->hops[1], &t->hops[2], (RAG_EV_TRAIL_MAX - 2) * sizeof t->hops[0]);
+        t->count--;
+    }
+    rag_ev_hop *h = &t->hops[t->count++];
+    h->module = module ? module : "";
+    h->event = event ? event : "";
+    h->at_ms = at_ms;
+    h->attempts = attempts;
+    h->code = code;
+}
+
+static void put_trail(rag_wbuf *b, const rag_ev_trail *t)
+{
+    size_t n = t->count > RAG_EV_TRAIL_MAX ? RAG_EV_TRAIL_MAX : t->count;
+    rag_wbuf_u32(b, (uint32_t)n);
+    for (size_t i = 0; i < n; i++) {
+        rag_wbuf_cstr(b, t->hops[i].module);
+        rag_wbuf_cstr(b, t->hops[i].event);
+        rag_wbuf_u64(b, t->hops[i].at_ms);
+        rag_wbuf_u32(b, t->hops[i].attempts);
+        rag_wbuf_u32(b, (uint32_t)t->hops[i].code);
+    }
+}
+
+/* The trail is optional on the wire: nothing left after the fixed fields = no hops. */
+static void get_trail(rag_rbuf *r, rag_ev_trail *t)
+{
+    t->count = 0;
+    if (r->err || r->off >= r->len)
+        return;
+    uint32_t n = rag_rbuf_u32(r);
+    if (n > RAG_EV_TRAIL_MAX) {
+        r->err = RAG_ECORRUPT;
+        return;
+    }
+    for (uint32_t i = 0; i < n && !r->err; i++) {
+        rag_ev_hop *h = &t->hops[i];
+        h->module = rag_rbuf_str(r, NULL);
+        h->event = rag_rbuf_str(r, NULL);
+        h->at_ms = rag_rbuf_u64(r);
+        h->attempts = rag_rbuf_u32(r);
+        h->code = (int32_t)rag_rbuf_u32(r);
+    }
+    if (!r->err)
+        t->count = n;
+}
+
 int rag_ev_chunked_encode(const rag_ev_chunked *ev, rag_wbuf *b)
 {
     rag_wbuf_u8(b, EV_FORMAT);
@@ -55,6 +109,7 @@ int rag_ev_chunked_encode(const rag_ev_chunked *ev, rag_wbuf *b)
         rag_wbuf_bytes(b, c->hash, 16);
         rag_wbuf_str(b, c->text, c->text_len);
     }
+    put_trail(b, &ev->trail);
     return b->err ? rag_error_set(b->err, "encoding doc.chunked") : RAG_OK;
 }
 
@@ -94,6 +149,7 @@ int rag_ev_chunked_decode(const void *data, size_t len, rag_ev_chunked *ev)
         c->text = rag_rbuf_str(&r, &c->text_len);
     }
     ev->chunk_count = n;
+    get_trail(&r, &ev->trail);
     if (r.err) {
         rc = RAG_ECORRUPT;
         goto fail;
@@ -126,6 +182,7 @@ int rag_ev_embedded_encode(const rag_ev_embedded *ev, rag_wbuf *b)
         rag_wbuf_str(b, v->text, v->text_len);
         rag_wbuf_f32s(b, v->vector, ev->dim);
     }
+    put_trail(b, &ev->trail);
     return b->err ? rag_error_set(b->err, "encoding doc.embedded") : RAG_OK;
 }
 
@@ -172,6 +229,7 @@ int rag_ev_embedded_decode(const void *data, size_t len, rag_ev_embedded *ev)
         }
         rag_rbuf_f32s(&r, v->vector, ev->dim);
     }
+    get_trail(&r, &ev->trail);
     if (r.err) {
         rc = RAG_ECORRUPT;
         goto fail;
@@ -196,18 +254,21 @@ int rag_ev_deleted_encode(const rag_ev_deleted *ev, rag_wbuf *b)
     rag_wbuf_u8(b, EV_FORMAT);
     rag_wbuf_cstr(b, ev->doc_id);
     rag_wbuf_u64(b, ev->version);
+    put_trail(b, &ev->trail);
     return b->err ? rag_error_set(b->err, "encoding doc.deleted") : RAG_OK;
 }
 
 int rag_ev_deleted_decode(const void *data, size_t len, rag_ev_deleted *ev)
 {
     rag_rbuf r;
+    memset(ev, 0, sizeof *ev);
     rag_rbuf_init(&r, data, len);
     int rc = check_format(&r, "doc.deleted");
     if (rc)
         return rc;
     ev->doc_id = rag_rbuf_str(&r, NULL);
     ev->version = rag_rbuf_u64(&r);
+    get_trail(&r, &ev->trail);
     return r.err ? rag_error_set(RAG_ECORRUPT, "decoding doc.deleted failed") : RAG_OK;
 }
 
@@ -218,12 +279,14 @@ int rag_ev_indexed_encode(const rag_ev_indexed *ev, rag_wbuf *b)
     rag_wbuf_u64(b, ev->version);
     rag_wbuf_u32(b, ev->status);
     rag_wbuf_u32(b, ev->vector_count);
+    put_trail(b, &ev->trail);
     return b->err ? rag_error_set(b->err, "encoding doc.indexed") : RAG_OK;
 }
 
 int rag_ev_indexed_decode(const void *data, size_t len, rag_ev_indexed *ev)
 {
     rag_rbuf r;
+    memset(ev, 0, sizeof *ev);
     rag_rbuf_init(&r, data, len);
     int rc = check_format(&r, "doc.indexed");
     if (rc)
@@ -232,5 +295,79 @@ int rag_ev_indexed_decode(const void *data, size_t len, rag_ev_indexed *ev)
     ev->version = rag_rbuf_u64(&r);
     ev->status = rag_rbuf_u32(&r);
     ev->vector_count = rag_rbuf_u32(&r);
+    get_trail(&r, &ev->trail);
     return r.err ? rag_error_set(RAG_ECORRUPT, "decoding doc.indexed failed") : RAG_OK;
+}
+
+int rag_ev_failed_encode(const rag_ev_failed *ev, rag_wbuf *b)
+{
+    rag_wbuf_u8(b, EV_FORMAT);
+    rag_wbuf_cstr(b, ev->doc_id);
+    rag_wbuf_u64(b, ev->version);
+    rag_wbuf_cstr(b, ev->stage ? ev->stage : "");
+    rag_wbuf_u32(b, (uint32_t)ev->code);
+    rag_wbuf_cstr(b, ev->reason ? ev->reason : "");
+    put_trail(b, &ev->trail);
+    return b->err ? rag_error_set(b->err, "encoding doc.failed") : RAG_OK;
+}
+
+int rag_ev_failed_decode(const void *data, size_t len, rag_ev_failed *ev)
+{
+    rag_rbuf r;
+    memset(ev, 0, sizeof *ev);
+    rag_rbuf_init(&r, data, len);
+    int rc = check_format(&r, "doc.failed");
+    if (rc)
+        return rc;
+    ev->doc_id = rag_rbuf_str(&r, NULL);
+    ev->version = rag_rbuf_u64(&r);
+    ev->stage = rag_rbuf_str(&r, NULL);
+    ev->code = (int32_t)rag_rbuf_u32(&r);
+    ev->reason = rag_rbuf_str(&r, NULL);
+    get_trail(&r, &ev->trail);
+    return r.err ? rag_error_set(RAG_ECORRUPT, "decoding doc.failed failed") : RAG_OK;
+}
+
+int rag_ev_revert_encode(const rag_ev_revert *ev, rag_wbuf *b)
+{
+    rag_wbuf_u8(b, EV_FORMAT);
+    rag_wbuf_cstr(b, ev->doc_id);
+    rag_wbuf_u64(b, ev->version);
+    put_trail(b, &ev->trail);
+    return b->err ? rag_error_set(b->err, "encoding doc.revert") : RAG_OK;
+}
+
+int rag_ev_revert_decode(const void *data, size_t len, rag_ev_revert *ev)
+{
+    rag_rbuf r;
+    memset(ev, 0, sizeof *ev);
+    rag_rbuf_init(&r, data, len);
+    int rc = check_format(&r, "doc.revert");
+    if (rc)
+        return rc;
+    ev->doc_id = rag_rbuf_str(&r, NULL);
+    ev->version = rag_rbuf_u64(&r);
+    get_trail(&r, &ev->trail);
+    return r.err ? rag_error_set(RAG_ECORRUPT, "decoding doc.revert failed") : RAG_OK;
+}
+
+int rag_ev_peek(const char *topic, const void *data, size_t len, const char **doc_id,
+                uint64_t *version)
+{
+    /* every event starts with the format byte, the document id and the version */
+    (void)topic;
+    rag_rbuf r;
+    rag_rbuf_init(&r, data, len);
+    int rc = check_format(&r, topic ? topic : "event");
+    if (rc)
+        return rc;
+    const char *id = rag_rbuf_str(&r, NULL);
+    uint64_t v = rag_rbuf_u64(&r);
+    if (r.err || !*id)
+        return rag_error_set(RAG_ECORRUPT, "%s: no document id", topic ? topic : "event");
+    if (doc_id)
+        *doc_id = id;
+    if (version)
+        *version = v;
+    return RAG_OK;
 }

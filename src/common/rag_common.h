@@ -42,6 +42,8 @@ typedef struct rag_config {
     size_t chunk_target, chunk_min, chunk_max, chunk_overlap;
     size_t max_doc_bytes;
     unsigned int max_attempts, retry_base_ms, retry_cap_ms, lease_ms, batch_size;
+    uint64_t idempotency_ttl_ms;
+    uint64_t saga_deadline_ms;
 } rag_config;
 
 /* Resolve defaults and validate. `opts` may be NULL. */
@@ -124,6 +126,35 @@ int rag_embed_provider_check(const rag_embed_provider *p);
  * Maps provider failures to RAG_ETRANSIENT / RAG_EPROVIDER with detail. */
 int rag_embed_texts(const rag_embed_provider *p, const char *const *texts, const size_t *lens,
                     size_t n, float *out);
+
+/* ---- fault injection (tests) ----------------------------------------------------------- */
+
+/*
+ * Every LMDB commit in the library goes through rag_txn_commit() and every provider call
+ * through rag_embed_texts(); both count operations and can be told to fail the Nth one
+ * (once, or that one and every later one).  Process-wide; off unless armed, and then it costs
+ * one relaxed atomic load per operation.  Not exported from the shared library: the crash
+ * and fault tests link the static one.
+ */
+typedef enum rag_fault_kind {
+    RAG_FAULT_COMMIT = 0,   /* a commit fails with EIO (the txn is aborted, nothing written) */
+    RAG_FAULT_PROVIDER = 1, /* a provider call fails with RAG_ETRANSIENT */
+    RAG_FAULT_KINDS
+} rag_fault_kind;
+
+/* Fail the `nth` (1-based) operation of `kind` counted from now; `persistent`: and every one
+ * after it.  nth = 0 disarms the kind. */
+void rag_fault_arm(rag_fault_kind kind, uint64_t nth, int persistent);
+void rag_fault_disarm_all(void);
+/* Operations of `kind` seen since it was last armed (counted whether armed or not). */
+uint64_t rag_fault_seen(rag_fault_kind kind);
+/* Faults injected since last armed. */
+uint64_t rag_fault_injected(rag_fault_kind kind);
+/* Count one operation; 1 when it must fail. */
+int rag_fault_hit(rag_fault_kind kind);
+
+/* rag_txn_commit() with the fault point: an injected fault aborts the txn and returns EIO. */
+int rag_txn_commit(MDB_txn *txn);
 
 /* ---- misc ------------------------------------------------------------------------------ */
 

@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,6 +58,59 @@ int rag_dbi_open(MDB_env *env, const char *name, unsigned int flags, MDB_dbi *ou
     if (mrc)
         return rag_mdb_error(mrc, "mdb_txn_commit");
     return RAG_OK;
+}
+
+/* ---- fault injection -------------------------------------------------------------------- */
+
+static struct {
+    atomic_uint_fast64_t seen, nth, injected;
+    atomic_int persistent;
+} faults[RAG_FAULT_KINDS];
+
+void rag_fault_arm(rag_fault_kind kind, uint64_t nth, int persistent)
+{
+    if ((unsigned)kind >= RAG_FAULT_KINDS)
+        return;
+    atomic_store(&faults[kind].nth, 0);
+    atomic_store(&faults[kind].seen, 0);
+    atomic_store(&faults[kind].injected, 0);
+    atomic_store(&faults[kind].persistent, persistent ? 1 : 0);
+    atomic_store(&faults[kind].nth, nth);
+}
+
+void rag_fault_disarm_all(void)
+{
+    for (int k = 0; k < RAG_FAULT_KINDS; k++)
+        atomic_store(&faults[k].nth, 0);
+}
+
+uint64_t rag_fault_seen(rag_fault_kind kind)
+{
+    return (unsigned)kind < RAG_FAULT_KINDS ? atomic_load(&faults[kind].seen) : 0;
+}
+
+uint64_t rag_fault_injected(rag_fault_kind kind)
+{
+    return (unsigned)kind < RAG_FAULT_KINDS ? atomic_load(&faults[kind].injected) : 0;
+}
+
+int rag_fault_hit(rag_fault_kind kind)
+{
+    uint64_t seen = atomic_fetch_add_explicit(&faults[kind].seen, 1, memory_order_relaxed) + 1;
+    uint64_t nth = atomic_load_explicit(&faults[kind].nth, memory_order_relaxed);
+    if (!nth || seen < nth || (seen > nth && !atomic_load(&faults[kind].persistent)))
+        return 0;
+    atomic_fetch_add(&faults[kind].injected, 1);
+    return 1;
+}
+
+int rag_txn_commit(MDB_txn *txn)
+{
+    if (rag_fault_hit(RAG_FAULT_COMMIT)) {
+        mdb_txn_abort(txn);
+        return EIO;
+    }
+    return mdb_txn_commit(txn);
 }
 
 /* ---- codec ------------------------------------------------------------------------------ */
@@ -352,6 +406,8 @@ int rag_embed_texts(const rag_embed_provider *p, const char *const *texts, const
     size_t step = p->max_batch ? p->max_batch : n;
     for (size_t i = 0; i < n; i += step) {
         size_t m = n - i < step ? n - i : step;
+        if (rag_fault_hit(RAG_FAULT_PROVIDER))
+            return rag_error_set(RAG_ETRANSIENT, "embedding provider: injected fault");
         int locked = (p->flags & RAG_EMBED_SINGLE_THREADED) != 0;
         if (locked)
             pthread_mutex_lock(&single_threaded_lock);

@@ -26,47 +26,7 @@
 #include "rag_ingest_api.h"
 #include "rag_queue.h"
 #include "rag_retrieve_api.h"
-
-/* On-disk layout version of a root; bumped on incompatible changes. */
-#define RAG_ROOT_FORMAT 1
-#define RAG_MAX_CONSUMERS 4
-
-/* One worker thread per consuming env: consumers that share an env (index's doc.embedded and
- * doc.deleted) share a thread, so that each batch's commit, FAISS apply and outbox relay run
- * in order and no other thread relays an event whose effect is committed but not applied. */
-typedef struct rag_worker {
-    rag_ctx *ctx;
-    rag_consumer *consumers[RAG_MAX_CONSUMERS];
-    size_t count;
-    pthread_t thread;
-} rag_worker;
-
-struct rag_ctx {
-    rag_config cfg;
-    int lock_fd;
-    rag_embed_provider provider;
-    int have_provider;
-    rag_queue_transport transport;
-    int have_transport;
-    rag_queue_policy policy;
-
-    rag_ingest *ingest;
-    rag_embed *embed;
-    rag_index *index;
-    rag_retrieve *retrieve;
-    rag_assembler *assembler;
-
-    rag_consumer *consumers[RAG_MAX_CONSUMERS];
-    size_t consumer_count;
-    rag_outbox *outboxes[3];
-    size_t outbox_count;
-
-    rag_worker workers[RAG_MAX_CONSUMERS];
-    size_t worker_count;
-    int started;
-    atomic_int stopping;
-    pthread_mutex_t pump_lock; /* one inline pump at a time */
-};
+#include "core_internal.h"
 
 /* ---- root directory: lock and format version ------------------------------------------- */
 
@@ -165,7 +125,9 @@ static int open_modules(rag_ctx *ctx)
     add_consumer(ctx, rag_embed_consumer(ctx->embed));
     add_consumer(ctx, rag_index_consumer_embedded(ctx->index));
     add_consumer(ctx, rag_index_consumer_deleted(ctx->index));
+    add_consumer(ctx, rag_index_consumer_revert(ctx->index));
     add_consumer(ctx, rag_ingest_consumer(ctx->ingest));
+    add_consumer(ctx, rag_ingest_consumer_failed(ctx->ingest));
     for (size_t i = 0; i < ctx->consumer_count; i++) {
         rc = rag_consumer_init(ctx->consumers[i]);
         if (rc)
@@ -294,6 +256,8 @@ void rag_close(rag_ctx *ctx)
 
 /* ---- workers ------------------------------------------------------------------------------ */
 
+#define RARE_TOPIC_POLL_MS 50u
+
 static void *worker_main(void *arg)
 {
     rag_worker *w = arg;
@@ -309,7 +273,7 @@ static void *worker_main(void *arg)
         if (processed > 0)
             continue;
         /* Idle (or failing): push any outbox rows a failed relay left behind, then wait for a
-         * publish instead of spinning. With several topics, wait briefly on each in turn. */
+         * publish instead of spinning. */
         for (size_t i = 0; i < w->count; i++) {
             if (w->consumers[i]->outbox) {
                 size_t moved = 0;
@@ -317,14 +281,16 @@ static void *worker_main(void *arg)
                 break; /* consumers of one env share its outbox */
             }
         }
-        uint32_t wait_ms = (failed ? 100u : 250u) / (uint32_t)w->count;
-        for (size_t i = 0; i < w->count && !atomic_load(&ctx->stopping); i++) {
-            if (ctx->transport.wait) {
-                ctx->transport.wait(ctx->transport.state, w->consumers[i]->topic, wait_ms);
-            } else {
-                struct timespec ts = {0, 10 * 1000000L};
-                nanosleep(&ts, NULL);
-            }
+        /* Wait for a publish on the worker's main topic (the first registered: doc.chunked,
+         * doc.embedded, doc.indexed), so the common path wakes at once.  The rare topics of
+         * the same env (deletes, compensations) are polled by the loop above at least every
+         * RARE_TOPIC_POLL_MS. */
+        if (ctx->transport.wait) {
+            ctx->transport.wait(ctx->transport.state, w->consumers[0]->topic,
+                                failed ? 100u : (w->count > 1 ? RARE_TOPIC_POLL_MS : 250u));
+        } else {
+            struct timespec ts = {0, 10 * 1000000L};
+            nanosleep(&ts, NULL);
         }
     }
     return NULL;
@@ -550,6 +516,11 @@ int rag_status(rag_ctx *ctx, rag_status_info *out)
     out->chunks = is.chunks;
     out->vectors = xs.vectors;
     out->index_epoch = xs.epoch;
+    if (version >= 2) {
+        out->sagas_running = is.sagas_running;
+        out->sagas_compensating = is.sagas_compensating;
+        out->sagas_failed = is.sagas_failed;
+    }
     for (size_t i = 0; i < ctx->consumer_count; i++) {
         uint64_t dead = 0;
         rc = rag_dead_count(ctx->consumers[i]->env, &dead);

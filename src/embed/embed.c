@@ -119,7 +119,7 @@ static int check_meta(rag_embed *em)
             mdb_txn_abort(txn);
             return rag_mdb_error(mrc, "embed: record provider fingerprint");
         }
-        mrc = mdb_txn_commit(txn);
+        mrc = rag_txn_commit(txn);
         return mrc ? rag_mdb_error(mrc, "embed: commit provider fingerprint") : RAG_OK;
     }
     if (mrc) {
@@ -196,6 +196,42 @@ static void work_free(handle_work *w)
     free(w->fresh);
     free(w->out_vecs);
     rag_wbuf_free(&w->buf);
+}
+
+/*
+ * A doc.chunked given up on (the provider rejected a chunk, or attempts ran out): tell ingest,
+ * in the dead-letter transaction, so that the saga compensates (marks the version failed and
+ * keeps the previous one active).  A payload that cannot even be peeked at names no version:
+ * nothing to compensate, the dead letter itself is the report.
+ */
+static int embed_on_dead(void *self, MDB_txn *txn, const rag_queue_message *msg, int code,
+                         const char *reason)
+{
+    rag_embed *em = self;
+    rag_ev_failed f;
+    memset(&f, 0, sizeof f);
+    rag_ev_chunked ev;
+    int decoded = rag_ev_chunked_decode(msg->data, msg->size, &ev) == RAG_OK;
+    if (decoded) {
+        f.doc_id = ev.doc_id;
+        f.version = ev.version;
+        f.trail = ev.trail;
+    } else if (rag_ev_peek(msg->topic, msg->data, msg->size, &f.doc_id, &f.version) != RAG_OK) {
+        return RAG_OK;
+    }
+    f.stage = "embed";
+    f.code = code;
+    f.reason = reason ? reason : "";
+    rag_ev_trail_add(&f.trail, "embed", RAG_TOPIC_CHUNKED, rag_now_ms(), msg->attempts, code);
+    rag_wbuf b;
+    rag_wbuf_init(&b);
+    int rc = rag_ev_failed_encode(&f, &b);
+    if (!rc)
+        rc = rag_outbox_add(em->outbox, txn, RAG_TOPIC_FAILED, b.data, b.len, NULL);
+    rag_wbuf_free(&b);
+    if (decoded)
+        rag_ev_chunked_clear(&ev);
+    return rc;
 }
 
 static int embed_handle(void *self, MDB_txn *txn, const rag_queue_message *msg)
@@ -319,6 +355,9 @@ static int embed_handle(void *self, MDB_txn *txn, const rag_queue_message *msg)
     out.dim = dim;
     out.vector_count = n;
     out.vectors = w.out_vecs;
+    out.trail = w.ev.trail;
+    rag_ev_trail_add(&out.trail, "embed", RAG_TOPIC_CHUNKED, rag_now_ms(), msg->attempts,
+                     RAG_OK);
     rc = rag_ev_embedded_encode(&out, &w.buf);
     if (rc)
         goto done;
@@ -376,6 +415,7 @@ int rag_embed_open(rag_embed **out, const rag_config *cfg, const rag_embed_provi
     em->consumer.outbox = em->outbox;
     em->consumer.self = em;
     em->consumer.handle = embed_handle;
+    em->consumer.on_dead = embed_on_dead;
     if ((rc = rag_consumer_init(&em->consumer)) != RAG_OK)
         goto fail;
     *out = em;

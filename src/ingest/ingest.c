@@ -11,6 +11,8 @@
  *   chunks     doc\0be64 ver be32 chunk -> XXH3-128 of the text, text, NUL
  *   idem       idempotency key -> {payload hash, version, created ms, doc id}
  *   idem_time  be64 created ms, key -> "" (expiry order)
+ *   sagas      doc\0be64 ver u8 kind -> saga row (state, started/updated/deadline ms, failure
+ *              code and reason, the trail of hops the saga took); see "sagas" below
  *   meta       "format", "documents", "versions", "chunks" -> u64 (counters kept in the same
  *              transactions as the changes they count, so stats never scan)
  * A version's data (blob, text, chunks and version row) is freed once the index confirms a
@@ -30,21 +32,23 @@
 #define VERSION_ROW_FORMAT 1u
 #define IDEM_ROW_FORMAT 1u
 #define IDEM_KEY_MAX 255
-#define IDEM_TTL_MS (24ull * 3600 * 1000)
 #define IDEM_PURGE_PER_BATCH 256
 #define TITLE_MAX 256        /* a title taken from the content is cut to this */
 #define CALLER_TITLE_MAX 4096 /* titles and uris travel in every event of the document */
 #define URI_MAX 8192
 #define ACL_PRINCIPAL_MAX 256
 
-enum { VERSION_PENDING = 1, VERSION_ACTIVE = 2 };
+#define SAGA_ROW_FORMAT 1u
+
+enum { VERSION_PENDING = 1, VERSION_ACTIVE = 2, VERSION_FAILED = 3 };
 
 struct rag_ingest {
     rag_config cfg;
     MDB_env *env;
-    MDB_dbi docs, versions, blobs, texts, chunks, idem, idem_time, meta;
+    MDB_dbi docs, versions, blobs, texts, chunks, idem, idem_time, sagas, meta;
     rag_outbox *outbox;
-    rag_consumer consumer;
+    rag_consumer consumer;        /* doc.indexed */
+    rag_consumer consumer_failed; /* doc.failed */
     rag_ingest_reader reader;
 };
 
@@ -254,7 +258,10 @@ static int free_version(rag_ingest *ig, MDB_txn *txn, const char *id, uint64_t v
             if (mrc)
                 break;
             removed++;
-            mrc = mdb_cursor_get(cur, &ck, &cv, MDB_GET_CURRENT);
+            /* re-seek: GET_CURRENT after deleting the table's last row is EINVAL */
+            ck.mv_size = kl;
+            ck.mv_data = key;
+            mrc = mdb_cursor_get(cur, &ck, &cv, MDB_SET_RANGE);
         }
         if (mrc && mrc != MDB_NOTFOUND)
             rc = rag_mdb_error(mrc, "ingest: delete chunks");
@@ -310,15 +317,354 @@ static int free_versions(rag_ingest *ig, MDB_txn *txn, const char *id, uint64_t 
     return rc;
 }
 
+/* ---- sagas ------------------------------------------------------------------------------
+ *
+ * One row per version transition, written in the transaction that starts it (the put or
+ * the delete, together with the event that is its first step), so a step is always on disk
+ * before anybody attempts it.  Every event ingest receives about the transition updates the
+ * row: its state, and the trail of hops the events carried (embed and index each append one),
+ * which is what rag_trace() shows.  Rows older than a doc's newest finished saga are garbage
+ * and are deleted with it (gc), so the table holds about one row per document.
+ * Counters of the states worth reporting live in "meta" (sagas_running, ...), kept in the
+ * same transactions. */
+
+typedef struct saga_row {
+    int kind, state;
+    uint64_t started_ms, updated_ms, deadline_ms;
+    int32_t code;
+    const char *reason;
+    rag_ev_trail trail; /* strings point into the row or the event being handled */
+} saga_row;
+
+const char *rag_saga_state_name(int state)
+{
+    switch (state) {
+    case RAG_SAGA_RUNNING: return "running";
+    case RAG_SAGA_DONE: return "done";
+    case RAG_SAGA_SUPERSEDED: return "superseded";
+    case RAG_SAGA_COMPENSATING: return "compensating";
+    case RAG_SAGA_FAILED: return "failed";
+    default: return "unknown";
+    }
+}
+
+static const char *saga_counter(int state)
+{
+    switch (state) {
+    case RAG_SAGA_RUNNING: return "sagas_running";
+    case RAG_SAGA_COMPENSATING: return "sagas_compensating";
+    case RAG_SAGA_FAILED: return "sagas_failed";
+    default: return NULL;
+    }
+}
+
+static size_t saga_key(uint8_t *out, const char *doc, uint64_t ver, int kind)
+{
+    size_t kl = rag_key_doc_version(out, doc, ver);
+    out[kl] = (uint8_t)kind;
+    return kl + 1;
+}
+
+/* Does `k` belong to document `doc` (idl bytes)? */
+static int saga_key_of(const MDB_val *k, const char *doc, size_t idl)
+{
+    return k->mv_size == idl + 10 && !memcmp(k->mv_data, doc, idl) &&
+           ((const uint8_t *)k->mv_data)[idl] == 0;
+}
+
+static int saga_decode(const MDB_val *v, saga_row *s)
+{
+    rag_rbuf r;
+    memset(s, 0, sizeof *s);
+    rag_rbuf_init(&r, v->mv_data, v->mv_size);
+    if (rag_rbuf_u8(&r) != SAGA_ROW_FORMAT)
+        return rag_error_set(RAG_ECORRUPT, "ingest: saga row of unknown format");
+    s->kind = rag_rbuf_u8(&r);
+    s->state = rag_rbuf_u8(&r);
+    s->started_ms = rag_rbuf_u64(&r);
+    s->updated_ms = rag_rbuf_u64(&r);
+    s->deadline_ms = rag_rbuf_u64(&r);
+    s->code = rag_rbuf_i32(&r);
+    s->reason = rag_rbuf_str(&r, NULL);
+    uint32_t n = rag_rbuf_u32(&r);
+    if (r.err || n > RAG_EV_TRAIL_MAX)
+        return rag_error_set(RAG_ECORRUPT, "ingest: truncated saga row");
+    for (uint32_t i = 0; i < n; i++) {
+        rag_ev_hop *h = &s->trail.hops[i];
+        h->module = rag_rbuf_str(&r, NULL);
+        h->event = rag_rbuf_str(&r, NULL);
+        h->at_ms = rag_rbuf_u64(&r);
+        h->attempts = rag_rbuf_u32(&r);
+        h->code = rag_rbuf_i32(&r);
+    }
+    s->trail.count = n;
+    return r.err ? rag_error_set(RAG_ECORRUPT, "ingest: truncated saga row") : RAG_OK;
+}
+
+static int saga_write(rag_ingest *ig, MDB_txn *txn, const uint8_t *key, size_t kl,
+                      const saga_row *s, int old_state)
+{
+    rag_wbuf b;
+    rag_wbuf_init(&b);
+    rag_wbuf_u8(&b, SAGA_ROW_FORMAT);
+    rag_wbuf_u8(&b, (uint8_t)s->kind);
+    rag_wbuf_u8(&b, (uint8_t)s->state);
+    rag_wbuf_u64(&b, s->started_ms);
+    rag_wbuf_u64(&b, s->updated_ms);
+    rag_wbuf_u64(&b, s->deadline_ms);
+    rag_wbuf_i32(&b, s->code);
+    rag_wbuf_cstr(&b, s->reason ? s->reason : "");
+    rag_wbuf_u32(&b, (uint32_t)s->trail.count);
+    for (size_t i = 0; i < s->trail.count; i++) {
+        const rag_ev_hop *h = &s->trail.hops[i];
+        rag_wbuf_cstr(&b, h->module);
+        rag_wbuf_cstr(&b, h->event);
+        rag_wbuf_u64(&b, h->at_ms);
+        rag_wbuf_u32(&b, h->attempts);
+        rag_wbuf_i32(&b, h->code);
+    }
+    /* the row is encoded before the put: `s` may point into the value being replaced */
+    int rc = b.err ? rag_error_set(b.err, "ingest: encoding saga row")
+                   : put(txn, ig->sagas, key, kl, b.data, b.len, "ingest: write saga");
+    rag_wbuf_free(&b);
+    if (!rc && old_state != s->state) {
+        const char *was = saga_counter(old_state), *now = saga_counter(s->state);
+        if (was)
+            rc = meta_add(ig, txn, was, -1);
+        if (!rc && now)
+            rc = meta_add(ig, txn, now, 1);
+    }
+    return rc;
+}
+
+/* Start a saga: a RUNNING row whose trail is `trail`. */
+static int saga_start(rag_ingest *ig, MDB_txn *txn, const char *doc, uint64_t ver, int kind,
+                      uint64_t now, const rag_ev_trail *trail)
+{
+    uint8_t key[RAG_KEY_MAX + 1];
+    size_t kl = saga_key(key, doc, ver, kind);
+    MDB_val k = {kl, key}, v;
+    int old_state = 0;
+    if (mdb_get(txn, ig->sagas, &k, &v) == 0) {
+        saga_row old;
+        if (saga_decode(&v, &old) == RAG_OK)
+            old_state = old.state;
+    }
+    saga_row s;
+    memset(&s, 0, sizeof s);
+    s.kind = kind;
+    s.state = RAG_SAGA_RUNNING;
+    s.started_ms = s.updated_ms = now;
+    s.deadline_ms = now + ig->cfg.saga_deadline_ms;
+    s.reason = "";
+    s.trail = *trail;
+    return saga_write(ig, txn, key, kl, &s, old_state);
+}
+
+/*
+ * Move saga (doc, ver, kind) to `state` with `trail` as its journey so far (NULL: keep).
+ * code/reason are recorded for the failure states.  A saga without a row (collected, or older
+ * than this release) is left alone: the event's effect on the document does not depend on it.
+ */
+static int saga_update(rag_ingest *ig, MDB_txn *txn, const char *doc, uint64_t ver, int kind,
+                       int state, int32_t code, const char *reason, const rag_ev_trail *trail)
+{
+    uint8_t key[RAG_KEY_MAX + 1];
+    size_t kl = saga_key(key, doc, ver, kind);
+    MDB_val k = {kl, key}, v;
+    int mrc = mdb_get(txn, ig->sagas, &k, &v);
+    if (mrc == MDB_NOTFOUND)
+        return RAG_OK;
+    if (mrc)
+        return rag_mdb_error(mrc, "ingest: read saga");
+    saga_row s;
+    int rc = saga_decode(&v, &s);
+    if (rc)
+        return rc;
+    int old_state = s.state;
+    /* a finished saga stays finished, except that a failed version the index nevertheless
+     * made active completes forward (see on_indexed) */
+    if ((old_state == RAG_SAGA_DONE || old_state == RAG_SAGA_SUPERSEDED) && state != old_state)
+        return RAG_OK;
+    s.state = state;
+    s.updated_ms = rag_now_ms();
+    if (state == RAG_SAGA_COMPENSATING || state == RAG_SAGA_FAILED) {
+        if (code) {
+            s.code = code;
+            s.reason = reason ? reason : "";
+        }
+    } else {
+        s.code = 0;
+        s.reason = "";
+    }
+    if (trail)
+        s.trail = *trail;
+    return saga_write(ig, txn, key, kl, &s, old_state);
+}
+
+/* Delete the saga rows of `doc` whose key sorts before (ver, kind) — everything older than a
+ * saga that just finished — adjusting the state counters. */
+static int saga_gc(rag_ingest *ig, MDB_txn *txn, const char *doc, uint64_t ver, int kind)
+{
+    size_t idl = strlen(doc);
+    uint8_t key[RAG_KEY_MAX + 1];
+    size_t kl = saga_key(key, doc, 0, 0);
+    uint8_t upto[RAG_KEY_MAX + 1];
+    size_t ul = saga_key(upto, doc, ver, kind);
+    MDB_cursor *cur;
+    int mrc = mdb_cursor_open(txn, ig->sagas, &cur);
+    if (mrc)
+        return rag_mdb_error(mrc, "ingest: saga cursor");
+    int rc = RAG_OK;
+    MDB_val k = {kl, key}, v;
+    mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+    while (mrc == 0 && saga_key_of(&k, doc, idl) && memcmp(k.mv_data, upto, ul) < 0) {
+        saga_row s;
+        if (saga_decode(&v, &s) == RAG_OK && saga_counter(s.state))
+            rc = meta_add(ig, txn, saga_counter(s.state), -1);
+        if (rc)
+            break;
+        mrc = mdb_cursor_del(cur, 0);
+        if (mrc)
+            break;
+        k.mv_size = kl; /* re-seek (see free_version) */
+        k.mv_data = key;
+        mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+    }
+    if (!rc && mrc && mrc != MDB_NOTFOUND)
+        rc = rag_mdb_error(mrc, "ingest: collect sagas");
+    mdb_cursor_close(cur);
+    return rc;
+}
+
+/* The newest saga of `doc`: 1 found (row and its version in *ver), 0 none, <0 error.
+ * The row points into the txn's pages. */
+static int saga_newest(rag_ingest *ig, MDB_txn *txn, const char *doc, uint64_t *ver,
+                       saga_row *s)
+{
+    size_t idl = strlen(doc);
+    uint8_t key[RAG_KEY_MAX + 1];
+    size_t kl = saga_key(key, doc, 0, 0);
+    MDB_cursor *cur;
+    int mrc = mdb_cursor_open(txn, ig->sagas, &cur);
+    if (mrc)
+        return rag_mdb_error(mrc, "ingest: saga cursor");
+    MDB_val k = {kl, key}, v, last_v = {0, NULL};
+    uint64_t last_ver = 0;
+    int found = 0;
+    mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+    while (mrc == 0 && saga_key_of(&k, doc, idl)) {
+        found = 1;
+        last_v = v;
+        last_ver = rag_be64_get((const uint8_t *)k.mv_data + idl + 1);
+        mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+    }
+    mdb_cursor_close(cur);
+    if (mrc && mrc != MDB_NOTFOUND)
+        return rag_mdb_error(mrc, "ingest: scan sagas");
+    if (!found)
+        return 0;
+    int rc = saga_decode(&last_v, s);
+    if (rc)
+        return rc;
+    *ver = last_ver;
+    return 1;
+}
+
+static int set_version_state(rag_ingest *ig, MDB_txn *txn, const char *doc, uint64_t ver,
+                             int state)
+{
+    uint8_t key[RAG_KEY_MAX];
+    size_t kl = rag_key_doc_version(key, doc, ver);
+    MDB_val k = {kl, key}, v;
+    int mrc = mdb_get(txn, ig->versions, &k, &v);
+    if (mrc == MDB_NOTFOUND)
+        return RAG_OK;
+    if (mrc)
+        return rag_mdb_error(mrc, "ingest: read version");
+    version_row vr;
+    int rc = version_row_decode(&v, &vr);
+    if (rc || vr.state == state)
+        return rc;
+    vr.state = state;
+    rag_wbuf b;
+    rag_wbuf_init(&b);
+    version_row_encode(&b, &vr);
+    rc = b.err ? rag_error_set(b.err, "ingest: encoding version row")
+               : put(txn, ig->versions, key, kl, b.data, b.len, "ingest: write version");
+    rag_wbuf_free(&b);
+    return rc;
+}
+
+static int emit_revert(rag_ingest *ig, MDB_txn *txn, const char *doc, uint64_t ver,
+                       const rag_ev_trail *trail)
+{
+    rag_ev_revert ev;
+    memset(&ev, 0, sizeof ev);
+    ev.doc_id = doc;
+    ev.version = ver;
+    if (trail)
+        ev.trail = *trail;
+    rag_wbuf b;
+    rag_wbuf_init(&b);
+    int rc = rag_ev_revert_encode(&ev, &b);
+    if (!rc)
+        rc = rag_outbox_add(ig->outbox, txn, RAG_TOPIC_REVERT, b.data, b.len, NULL);
+    rag_wbuf_free(&b);
+    return rc;
+}
+
+static int emit_deleted(rag_ingest *ig, MDB_txn *txn, const char *doc, uint64_t ver,
+                        const rag_ev_trail *trail)
+{
+    rag_ev_deleted ev;
+    memset(&ev, 0, sizeof ev);
+    ev.doc_id = doc;
+    ev.version = ver;
+    if (trail)
+        ev.trail = *trail;
+    rag_wbuf b;
+    rag_wbuf_init(&b);
+    int rc = rag_ev_deleted_encode(&ev, &b);
+    if (!rc)
+        rc = rag_outbox_add(ig->outbox, txn, RAG_TOPIC_DELETED, b.data, b.len, NULL);
+    rag_wbuf_free(&b);
+    return rc;
+}
+
 /* ---- doc.indexed consumer ------------------------------------------------------------- */
 
 /*
- * ACTIVE(v): the index switched to v: remember it and free every older version.
+ * ACTIVE(v): the index switched to v: remember it, free every older version, close the saga.
  * SUPERSEDED(v): v reached the index after a newer version: free it (unless it is active).
  * DELETED(v): the index dropped every label: free every version up to v; the doc row stays
- * as a tombstone.  All three are idempotent; unknown documents are ignored.
+ * as a tombstone.
+ * REVERTED(v): the compensation of a failed v is done; the previous version stays active.
+ * All four are idempotent; unknown documents are ignored.
  */
+/* Storage trouble inside a handler is retried with backoff (and dead-lettered only when the
+ * attempts run out): the message did nothing wrong. */
+static int handler_result(int rc)
+{
+    if (rc == RAG_ESTORAGE || rc == RAG_EIO || rc == RAG_EMAPFULL || rc == RAG_ENOMEM)
+        return rag_error_set(RAG_ETRANSIENT, "%s", rag_error_last());
+    return rc;
+}
+
+static int on_indexed_apply(void *self, MDB_txn *txn, const rag_queue_message *msg);
+static int on_failed_apply(void *self, MDB_txn *txn, const rag_queue_message *msg);
+
 static int on_indexed(void *self, MDB_txn *txn, const rag_queue_message *msg)
+{
+    return handler_result(on_indexed_apply(self, txn, msg));
+}
+
+static int on_failed(void *self, MDB_txn *txn, const rag_queue_message *msg)
+{
+    return handler_result(on_failed_apply(self, txn, msg));
+}
+
+static int on_indexed_apply(void *self, MDB_txn *txn, const rag_queue_message *msg)
 {
     rag_ingest *ig = self;
     rag_ev_indexed ev;
@@ -333,6 +679,8 @@ static int on_indexed(void *self, MDB_txn *txn, const rag_queue_message *msg)
         return RAG_OK;
     if (rc)
         return rc;
+    rag_ev_trail trail = ev.trail;
+    rag_ev_trail_add(&trail, "ingest", RAG_TOPIC_INDEXED, rag_now_ms(), msg->attempts, RAG_OK);
     /* versions a delete covers are garbage whatever order the events arrive in */
     uint64_t dead_upto = d.deleted ? d.deleted_at : 0;
     switch (ev.status) {
@@ -340,39 +688,48 @@ static int on_indexed(void *self, MDB_txn *txn, const rag_queue_message *msg)
         if (ev.version > d.active && !(d.deleted && ev.version <= d.deleted_at)) {
             d.active = ev.version;
             rc = doc_put(ig, txn, ev.doc_id, &d);
-            if (!rc) {
-                /* mark the version row active (saga step done) */
-                uint8_t key[RAG_KEY_MAX];
-                size_t kl = rag_key_doc_version(key, ev.doc_id, ev.version);
-                MDB_val k = {kl, key}, v;
-                if (mdb_get(txn, ig->versions, &k, &v) == 0) {
-                    version_row vr;
-                    rc = version_row_decode(&v, &vr);
-                    if (!rc && vr.state != VERSION_ACTIVE) {
-                        vr.state = VERSION_ACTIVE;
-                        rag_wbuf b;
-                        rag_wbuf_init(&b);
-                        version_row_encode(&b, &vr);
-                        rc = b.err ? rag_error_set(b.err, "ingest: encoding version row")
-                                   : put(txn, ig->versions, key, kl, b.data, b.len,
-                                         "ingest: write version");
-                        rag_wbuf_free(&b);
-                    }
-                }
-            }
+            /* the version is searchable: active, even if a (premature) failure had marked it
+             * failed — the saga completes forward */
+            if (!rc)
+                rc = set_version_state(ig, txn, ev.doc_id, ev.version, VERSION_ACTIVE);
         }
         if (!rc && ev.version > 0)
             rc = free_versions(ig, txn, ev.doc_id, 1, ev.version - 1);
         if (!rc && dead_upto)
             rc = free_versions(ig, txn, ev.doc_id, 1, dead_upto);
+        if (!rc)
+            rc = saga_update(ig, txn, ev.doc_id, ev.version, RAG_SAGA_PUT, RAG_SAGA_DONE, 0, NULL,
+                             &trail);
+        if (!rc)
+            rc = saga_gc(ig, txn, ev.doc_id, ev.version, RAG_SAGA_PUT);
         break;
     case RAG_INDEXED_SUPERSEDED:
         if (ev.version != d.active || (d.deleted && ev.version <= d.deleted_at))
             rc = free_versions(ig, txn, ev.doc_id, ev.version, ev.version);
+        if (!rc)
+            rc = saga_update(ig, txn, ev.doc_id, ev.version, RAG_SAGA_PUT, RAG_SAGA_SUPERSEDED,
+                             0, NULL, &trail);
         break;
     case RAG_INDEXED_DELETED:
         /* A re-put after the delete keeps its newer versions. */
         rc = free_versions(ig, txn, ev.doc_id, 1, ev.version ? ev.version : d.latest);
+        if (!rc)
+            rc = saga_update(ig, txn, ev.doc_id, ev.version, RAG_SAGA_DELETE, RAG_SAGA_DONE, 0,
+                             NULL, &trail);
+        if (!rc)
+            rc = saga_gc(ig, txn, ev.doc_id, ev.version, RAG_SAGA_DELETE);
+        break;
+    case RAG_INDEXED_REVERTED:
+        /* v's data stays (state FAILED) until a newer version or a delete supersedes it:
+         * `rag dlq retry` of its dead letter, once the cause is fixed, then completes the
+         * saga forward like any late version */
+        if (d.deleted && ev.version <= d.deleted_at)
+            rc = free_versions(ig, txn, ev.doc_id, ev.version, ev.version);
+        if (!rc)
+            rc = saga_update(ig, txn, ev.doc_id, ev.version, RAG_SAGA_PUT, RAG_SAGA_FAILED, 0,
+                             NULL, &trail);
+        if (!rc)
+            rc = saga_gc(ig, txn, ev.doc_id, ev.version, RAG_SAGA_PUT);
         break;
     default:
         rc = rag_error_set(RAG_ECORRUPT, "doc.indexed %s: unknown status %u", msg->id,
@@ -380,6 +737,52 @@ static int on_indexed(void *self, MDB_txn *txn, const rag_queue_message *msg)
         break;
     }
     free(d.acl);
+    return rc;
+}
+
+/* ---- doc.failed consumer: the saga's compensation ------------------------------------- */
+
+/*
+ * Version v failed permanently downstream (embed or index dead-lettered its event).  Before
+ * the index switched to v nothing of v is searchable (the switch is atomic), so compensating
+ * means: mark v failed — the previous version simply stays active and searchable — and send
+ * doc.revert, which removes any label of v the index holds outside an active version (none,
+ * unless a crash or a repair left some).  v's data stays until a newer version or a delete
+ * supersedes it, so a dead letter retried once its cause is fixed completes the saga
+ * forward (ACTIVE(v) turns a failed saga into a done one).  A v that is already active,
+ * superseded or deleted needs no compensation.
+ */
+static int on_failed_apply(void *self, MDB_txn *txn, const rag_queue_message *msg)
+{
+    rag_ingest *ig = self;
+    rag_ev_failed ev;
+    int rc = rag_ev_failed_decode(msg->data, msg->size, &ev);
+    if (rc)
+        return rc;
+    if (rag_doc_id_check(ev.doc_id) != RAG_OK)
+        return rag_error_set(RAG_ECORRUPT, "doc.failed %s: bad document id", msg->id);
+    doc_row d;
+    rc = doc_get(ig, txn, ev.doc_id, &d, 0);
+    if (rc == RAG_ENOTFOUND)
+        return RAG_OK;
+    if (rc)
+        return rc;
+    if (ev.version == d.active || ev.version > d.latest)
+        return RAG_OK;
+    rag_ev_trail trail = ev.trail;
+    rag_ev_trail_add(&trail, "ingest", RAG_TOPIC_FAILED, rag_now_ms(), msg->attempts, ev.code);
+    if (ev.version < d.active || (d.deleted && ev.version <= d.deleted_at))
+        return saga_update(ig, txn, ev.doc_id, ev.version, RAG_SAGA_PUT, RAG_SAGA_SUPERSEDED, 0,
+                           NULL, &trail);
+    rc = set_version_state(ig, txn, ev.doc_id, ev.version, VERSION_FAILED);
+    if (!rc) {
+        char reason[300];
+        snprintf(reason, sizeof reason, "%s: %s", ev.stage, ev.reason);
+        rc = saga_update(ig, txn, ev.doc_id, ev.version, RAG_SAGA_PUT, RAG_SAGA_COMPENSATING,
+                         ev.code ? ev.code : RAG_ERROR, reason, &trail);
+    }
+    if (!rc)
+        rc = emit_revert(ig, txn, ev.doc_id, ev.version, &trail);
     return rc;
 }
 
@@ -462,7 +865,7 @@ int rag_ingest_open(rag_ingest **out, const rag_config *cfg)
     struct { const char *name; MDB_dbi *dbi; } tables[] = {
         {"docs", &ig->docs}, {"versions", &ig->versions}, {"blobs", &ig->blobs},
         {"texts", &ig->texts}, {"chunks", &ig->chunks}, {"idem", &ig->idem},
-        {"idem_time", &ig->idem_time}, {"meta", &ig->meta}};
+        {"idem_time", &ig->idem_time}, {"sagas", &ig->sagas}, {"meta", &ig->meta}};
     for (size_t i = 0; !rc && i < sizeof tables / sizeof tables[0]; i++)
         rc = rag_dbi_open(ig->env, tables[i].name, 0, tables[i].dbi);
     if (!rc) {
@@ -476,7 +879,7 @@ int rag_ingest_open(rag_ingest **out, const rag_config *cfg)
             mrc = mdb_get(txn, ig->meta, &k, &v);
             if (mrc == MDB_NOTFOUND) {
                 rc = meta_add(ig, txn, "format", INGEST_FORMAT);
-                if (!rc && (mrc = mdb_txn_commit(txn)) != 0)
+                if (!rc && (mrc = rag_txn_commit(txn)) != 0)
                     rc = rag_mdb_error(mrc, "ingest: commit");
                 else if (rc)
                     mdb_txn_abort(txn);
@@ -500,6 +903,15 @@ int rag_ingest_open(rag_ingest **out, const rag_config *cfg)
         ig->consumer.self = ig;
         ig->consumer.handle = on_indexed;
         rc = rag_consumer_init(&ig->consumer);
+    }
+    if (!rc) {
+        ig->consumer_failed.module = "ingest";
+        ig->consumer_failed.topic = RAG_TOPIC_FAILED;
+        ig->consumer_failed.env = ig->env;
+        ig->consumer_failed.outbox = ig->outbox;
+        ig->consumer_failed.self = ig;
+        ig->consumer_failed.handle = on_failed;
+        rc = rag_consumer_init(&ig->consumer_failed);
     }
     if (rc) {
         rag_ingest_close(ig);
@@ -527,6 +939,10 @@ void rag_ingest_close(rag_ingest *ig)
 
 const rag_ingest_reader *rag_ingest_reader_get(rag_ingest *ig) { return ig ? &ig->reader : NULL; }
 rag_consumer *rag_ingest_consumer(rag_ingest *ig) { return ig ? &ig->consumer : NULL; }
+rag_consumer *rag_ingest_consumer_failed(rag_ingest *ig)
+{
+    return ig ? &ig->consumer_failed : NULL;
+}
 rag_outbox *rag_ingest_outbox(rag_ingest *ig) { return ig ? ig->outbox : NULL; }
 MDB_env *rag_ingest_env(rag_ingest *ig) { return ig ? ig->env : NULL; }
 
@@ -541,6 +957,9 @@ int rag_ingest_stats_get(rag_ingest *ig, rag_ingest_stats *out)
     out->documents = meta_get(ig, txn, "documents");
     out->versions = meta_get(ig, txn, "versions");
     out->chunks = meta_get(ig, txn, "chunks");
+    out->sagas_running = meta_get(ig, txn, "sagas_running");
+    out->sagas_compensating = meta_get(ig, txn, "sagas_compensating");
+    out->sagas_failed = meta_get(ig, txn, "sagas_failed");
     mdb_txn_abort(txn);
     return RAG_OK;
 }
@@ -747,7 +1166,7 @@ static int idem_lookup(rag_ingest *ig, MDB_txn *txn, const rag_doc *d, const pre
     uint64_t created = rag_rbuf_u64(&r);
     if (r.err || f != IDEM_ROW_FORMAT || !h)
         return rag_error_set(RAG_ECORRUPT, "ingest: malformed idempotency row");
-    if (created + IDEM_TTL_MS < now)
+    if (created + ig->cfg.idempotency_ttl_ms < now)
         return 0; /* expired: a new request */
     if (memcmp(h, p->payload_hash, 16))
         return rag_error_set(RAG_EIDEMPOTENCY,
@@ -805,7 +1224,7 @@ static int idem_purge(rag_ingest *ig, MDB_txn *txn, uint64_t now, size_t max)
     mrc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
     while (mrc == 0 && done < max && k.mv_size > 8) {
         uint64_t created = rag_be64_get(k.mv_data);
-        if (created + IDEM_TTL_MS >= now)
+        if (created + ig->cfg.idempotency_ttl_ms >= now)
             break;
         MDB_val ik = {k.mv_size - 8, (uint8_t *)k.mv_data + 8};
         mrc = mdb_del(txn, ig->idem, &ik, NULL);
@@ -815,7 +1234,7 @@ static int idem_purge(rag_ingest *ig, MDB_txn *txn, uint64_t now, size_t max)
         if (mrc)
             break;
         done++;
-        mrc = mdb_cursor_get(cur, &k, &v, MDB_GET_CURRENT);
+        mrc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); /* re-seek (see free_version) */
     }
     if (mrc && mrc != MDB_NOTFOUND)
         rc = rag_mdb_error(mrc, "ingest: purge idempotency keys");
@@ -825,7 +1244,7 @@ static int idem_purge(rag_ingest *ig, MDB_txn *txn, uint64_t now, size_t max)
 
 /* Store one prepared document in a nested txn of `parent`. */
 static int store_one(rag_ingest *ig, MDB_txn *parent, const rag_doc *d, prepared *p,
-                     uint64_t now, uint64_t *version_out)
+                     uint64_t now, const char *origin, uint64_t *version_out)
 {
     MDB_txn *txn;
     int mrc = mdb_txn_begin(ig->env, parent, 0, &txn);
@@ -897,9 +1316,14 @@ static int store_one(rag_ingest *ig, MDB_txn *parent, const rag_doc *d, prepared
         rc = meta_add(ig, txn, "chunks", (int64_t)p->chunks.count);
     if (!rc && d->idempotency_key)
         rc = idem_record(ig, txn, d, p, ver, now);
+    /* the saga starts in the same transaction as its first step (the doc.chunked row) */
+    rag_ev_trail trail = {0};
+    rag_ev_trail_add(&trail, "ingest", origin, now, 1, RAG_OK);
+    if (!rc)
+        rc = saga_start(ig, txn, d->id, ver, RAG_SAGA_PUT, now, &trail);
     if (!rc) {
         rag_ev_chunked ev = {d->id, ver, p->title, d->uri ? d->uri : "", d->acl_count,
-                             (const char **)d->acl, p->chunks.count, evc};
+                             (const char **)d->acl, p->chunks.count, evc, trail};
         rag_wbuf_reset(&b);
         rc = rag_ev_chunked_encode(&ev, &b);
         if (!rc)
@@ -911,7 +1335,7 @@ static int store_one(rag_ingest *ig, MDB_txn *parent, const rag_doc *d, prepared
         mdb_txn_abort(txn);
         return rc;
     }
-    mrc = mdb_txn_commit(txn);
+    mrc = rag_txn_commit(txn);
     if (mrc)
         return rag_mdb_error(mrc, "ingest: commit nested txn");
     *version_out = ver;
@@ -970,7 +1394,7 @@ int rag_ingest_put_batch(rag_ingest *ig, const rag_doc *docs, size_t n, rag_put_
         if (p->code != RAG_OK)
             continue;
         uint64_t ver = 0;
-        int r = store_one(ig, txn, d, p, now, &ver);
+        int r = store_one(ig, txn, d, p, now, "put", &ver);
         if (r == RAG_OK) {
             results[i].version = ver;
         } else {
@@ -981,7 +1405,7 @@ int rag_ingest_put_batch(rag_ingest *ig, const rag_doc *docs, size_t n, rag_put_
     if (txn) {
         if (rc) {
             mdb_txn_abort(txn);
-        } else if ((mrc = mdb_txn_commit(txn)) != 0) {
+        } else if ((mrc = rag_txn_commit(txn)) != 0) {
             rc = rag_mdb_error(mrc, "ingest: commit");
         }
     }
@@ -1026,19 +1450,388 @@ int rag_ingest_delete(rag_ingest *ig, const char *doc_id)
     if (!rc)
         rc = meta_add(ig, txn, "documents", -1);
     if (!rc) {
-        rag_ev_deleted ev = {doc_id, d.latest};
-        rag_wbuf b;
-        rag_wbuf_init(&b);
-        rc = rag_ev_deleted_encode(&ev, &b);
+        uint64_t now = rag_now_ms();
+        rag_ev_trail trail = {0};
+        rag_ev_trail_add(&trail, "ingest", "delete", now, 1, RAG_OK);
+        rc = saga_start(ig, txn, doc_id, d.latest, RAG_SAGA_DELETE, now, &trail);
         if (!rc)
-            rc = rag_outbox_add(ig->outbox, txn, RAG_TOPIC_DELETED, b.data, b.len, NULL);
-        rag_wbuf_free(&b);
+            rc = emit_deleted(ig, txn, doc_id, d.latest, &trail);
     }
     free(d.acl);
     if (rc) {
         mdb_txn_abort(txn);
         return rc;
     }
-    mrc = mdb_txn_commit(txn);
+    mrc = rag_txn_commit(txn);
+    return mrc ? rag_mdb_error(mrc, "ingest: commit") : RAG_OK;
+}
+
+/* ---- sagas: trace, scan, repair ------------------------------------------------------- */
+
+int rag_ingest_saga_get(rag_ingest *ig, const char *doc_id,
+                        int (*fn)(void *arg, const rag_ingest_saga_view *s), void *arg)
+{
+    if (!ig || !doc_id || !fn)
+        return rag_error_set(RAG_EINVAL, "rag_ingest_saga_get: bad arguments");
+    int rc = rag_doc_id_check(doc_id);
+    if (rc)
+        return rc;
+    MDB_txn *txn;
+    int mrc = mdb_txn_begin(ig->env, NULL, MDB_RDONLY, &txn);
+    if (mrc)
+        return rag_mdb_error(mrc, "ingest: begin");
+    saga_row s;
+    uint64_t ver = 0;
+    int found = saga_newest(ig, txn, doc_id, &ver, &s);
+    if (found == 0)
+        rc = rag_error_set(RAG_ENOTFOUND, "no saga recorded for '%s'", doc_id);
+    else if (found < 0)
+        rc = found;
+    doc_row d;
+    if (!rc) {
+        rc = doc_get(ig, txn, doc_id, &d, 0);
+        if (rc == RAG_ENOTFOUND) {
+            memset(&d, 0, sizeof d);
+            rc = RAG_OK;
+        }
+    }
+    if (!rc) {
+        rag_ingest_saga_view v;
+        memset(&v, 0, sizeof v);
+        v.doc_id = doc_id;
+        v.kind = s.kind;
+        v.state = s.state;
+        v.version = ver;
+        v.started_ms = s.started_ms;
+        v.updated_ms = s.updated_ms;
+        v.deadline_ms = s.deadline_ms;
+        v.code = s.code;
+        v.reason = s.reason;
+        v.trail = s.trail;
+        v.deleted = d.deleted;
+        v.latest = d.latest;
+        v.active = d.active;
+        rc = fn(arg, &v);
+    }
+    mdb_txn_abort(txn);
+    return rc;
+}
+
+/* Versions of `doc` still stored, and the row of `want` when stored. */
+static int stored_versions(rag_ingest *ig, MDB_txn *txn, const char *doc, uint64_t want,
+                           size_t *count, version_row *want_row, int *want_found)
+{
+    size_t idl = strlen(doc);
+    uint8_t key[RAG_KEY_MAX];
+    size_t kl = rag_key_doc_version(key, doc, 0);
+    *count = 0;
+    *want_found = 0;
+    MDB_cursor *cur;
+    int mrc = mdb_cursor_open(txn, ig->versions, &cur);
+    if (mrc)
+        return rag_mdb_error(mrc, "ingest: version cursor");
+    MDB_val k = {kl, key}, v;
+    int rc = RAG_OK;
+    mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+    while (mrc == 0 && k.mv_size == idl + 9 && !memcmp(k.mv_data, doc, idl) &&
+           ((const uint8_t *)k.mv_data)[idl] == 0) {
+        (*count)++;
+        if (rag_be64_get((const uint8_t *)k.mv_data + idl + 1) == want) {
+            rc = version_row_decode(&v, want_row);
+            if (rc)
+                break;
+            *want_found = 1;
+        }
+        mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+    }
+    if (!rc && mrc && mrc != MDB_NOTFOUND)
+        rc = rag_mdb_error(mrc, "ingest: scan versions");
+    mdb_cursor_close(cur);
+    return rc;
+}
+
+int rag_ingest_scan(rag_ingest *ig, int (*fn)(void *arg, const rag_ingest_doc_state *d),
+                    void *arg)
+{
+    if (!ig || !fn)
+        return rag_error_set(RAG_EINVAL, "rag_ingest_scan: bad arguments");
+    MDB_txn *txn;
+    int mrc = mdb_txn_begin(ig->env, NULL, MDB_RDONLY, &txn);
+    if (mrc)
+        return rag_mdb_error(mrc, "ingest: begin");
+    MDB_cursor *cur;
+    mrc = mdb_cursor_open(txn, ig->docs, &cur);
+    if (mrc) {
+        mdb_txn_abort(txn);
+        return rag_mdb_error(mrc, "ingest: document cursor");
+    }
+    int rc = RAG_OK;
+    char id[RAG_DOC_ID_MAX + 1];
+    MDB_val k, v;
+    mrc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+    while (mrc == 0 && !rc) {
+        if (k.mv_size == 0 || k.mv_size > RAG_DOC_ID_MAX) {
+            rc = rag_error_set(RAG_ECORRUPT, "ingest: document key of %zu bytes", k.mv_size);
+            break;
+        }
+        memcpy(id, k.mv_data, k.mv_size);
+        id[k.mv_size] = 0;
+        doc_row d;
+        rc = doc_row_decode(&v, &d, 0);
+        if (rc)
+            break;
+        rag_ingest_doc_state st;
+        memset(&st, 0, sizeof st);
+        st.doc_id = id;
+        st.deleted = d.deleted;
+        st.latest = d.latest;
+        st.active = d.active;
+        st.deleted_at = d.deleted_at;
+        version_row vr;
+        rc = stored_versions(ig, txn, id, d.active, &st.stored_versions, &vr, &st.active_stored);
+        if (rc)
+            break;
+        if (st.active_stored)
+            st.active_chunks = vr.chunk_count;
+        saga_row s;
+        uint64_t sver = 0;
+        int found = saga_newest(ig, txn, id, &sver, &s);
+        if (found < 0) {
+            rc = found;
+            break;
+        }
+        if (found) {
+            st.has_saga = 1;
+            st.saga_kind = s.kind;
+            st.saga_state = s.state;
+            st.saga_version = sver;
+            st.saga_deadline_ms = s.deadline_ms;
+        }
+        rc = fn(arg, &st);
+        if (rc)
+            break;
+        mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+    }
+    if (!rc && mrc && mrc != MDB_NOTFOUND)
+        rc = rag_mdb_error(mrc, "ingest: scan documents");
+    mdb_cursor_close(cur);
+    mdb_txn_abort(txn);
+    return rc;
+}
+
+/* Read the stored chunks of doc@ver into `out` (texts copied) and their hashes (allocated
+ * array of 16-byte hashes). */
+static int load_chunks(rag_ingest *ig, MDB_txn *txn, const char *doc, uint64_t ver,
+                       uint32_t count, rag_ingest_chunks *out, uint8_t (**hashes)[16])
+{
+    memset(out, 0, sizeof *out);
+    *hashes = NULL;
+    if (!count)
+        return rag_error_set(RAG_ECORRUPT, "ingest: %s@%llu has no chunks", doc,
+                             (unsigned long long)ver);
+    out->items = calloc(count, sizeof *out->items);
+    *hashes = calloc(count, 16);
+    if (!out->items || !*hashes) {
+        free(out->items);
+        free(*hashes);
+        out->items = NULL;
+        *hashes = NULL;
+        return rag_error_set(RAG_ENOMEM, "ingest: out of memory");
+    }
+    out->cap = count;
+    for (uint32_t i = 0; i < count; i++) {
+        uint8_t key[RAG_KEY_MAX];
+        size_t kl = rag_key_doc_version_chunk(key, doc, ver, i);
+        MDB_val k = {kl, key}, v;
+        int mrc = mdb_get(txn, ig->chunks, &k, &v);
+        if (mrc)
+            return mrc == MDB_NOTFOUND
+                       ? rag_error_set(RAG_ECORRUPT, "ingest: chunk %u of %s@%llu missing", i,
+                                       doc, (unsigned long long)ver)
+                       : rag_mdb_error(mrc, "ingest: read chunk");
+        if (v.mv_size < 17)
+            return rag_error_set(RAG_ECORRUPT, "ingest: chunk %u of %s malformed", i, doc);
+        memcpy((*hashes)[i], v.mv_data, 16);
+        out->items[i].text = rag_strndup((const char *)v.mv_data + 16, v.mv_size - 17);
+        if (!out->items[i].text)
+            return rag_error_set(RAG_ENOMEM, "ingest: out of memory");
+        out->items[i].len = v.mv_size - 17;
+        out->count = i + 1;
+    }
+    return RAG_OK;
+}
+
+/* RESUME of a running put: doc.chunked of `ver` again, from what is stored. */
+static int resume_put(rag_ingest *ig, MDB_txn *txn, const char *doc, const doc_row *d,
+                      uint64_t ver, const saga_row *s)
+{
+    uint8_t key[RAG_KEY_MAX];
+    size_t kl = rag_key_doc_version(key, doc, ver);
+    MDB_val k = {kl, key}, v;
+    int mrc = mdb_get(txn, ig->versions, &k, &v);
+    if (mrc == MDB_NOTFOUND)
+        return rag_error_set(RAG_ENOTFOUND, "ingest: %s@%llu is no longer stored", doc,
+                             (unsigned long long)ver);
+    if (mrc)
+        return rag_mdb_error(mrc, "ingest: read version");
+    version_row vr;
+    int rc = version_row_decode(&v, &vr);
+    rag_ingest_chunks ch;
+    memset(&ch, 0, sizeof ch);
+    uint8_t(*hashes)[16] = NULL;
+    if (!rc)
+        rc = load_chunks(ig, txn, doc, ver, vr.chunk_count, &ch, &hashes);
+    rag_ev_chunk *evc = NULL;
+    if (!rc && !(evc = calloc(ch.count, sizeof *evc)))
+        rc = rag_error_set(RAG_ENOMEM, "ingest: out of memory");
+    for (size_t i = 0; !rc && i < ch.count; i++) {
+        evc[i].chunk_no = (uint32_t)i;
+        memcpy(evc[i].hash, hashes[i], 16);
+        evc[i].text = ch.items[i].text;
+        evc[i].text_len = ch.items[i].len;
+    }
+    if (!rc) {
+        uint64_t now = rag_now_ms();
+        saga_row ns = *s;
+        rag_ev_trail_add(&ns.trail, "ingest", "redrive", now, 1, RAG_OK);
+        ns.updated_ms = now;
+        ns.deadline_ms = now + ig->cfg.saga_deadline_ms;
+        rag_ev_chunked ev = {doc, ver, d->title, d->uri, d->acl_count, d->acl, ch.count, evc,
+                             ns.trail};
+        rag_wbuf b;
+        rag_wbuf_init(&b);
+        rc = rag_ev_chunked_encode(&ev, &b);
+        if (!rc)
+            rc = rag_outbox_add(ig->outbox, txn, RAG_TOPIC_CHUNKED, b.data, b.len, NULL);
+        rag_wbuf_free(&b);
+        if (!rc) {
+            uint8_t skey[RAG_KEY_MAX + 1];
+            size_t skl = saga_key(skey, doc, ver, RAG_SAGA_PUT);
+            rc = saga_write(ig, txn, skey, skl, &ns, ns.state);
+        }
+    }
+    free(evc);
+    free(hashes);
+    if (ch.items)
+        rag_ingest__chunks_clear(&ch);
+    return rc;
+}
+
+/* REINDEX: the active version's content stored again as a new version. */
+static int reindex(rag_ingest *ig, MDB_txn *txn, const char *doc, const doc_row *d)
+{
+    if (d->deleted || !d->active)
+        return rag_error_set(RAG_ENOTFOUND, "ingest: '%s' has no active version", doc);
+    uint8_t key[RAG_KEY_MAX];
+    size_t kl = rag_key_doc_version(key, doc, d->active);
+    MDB_val k = {kl, key}, v, blob, text;
+    int mrc = mdb_get(txn, ig->versions, &k, &v);
+    if (!mrc)
+        mrc = mdb_get(txn, ig->blobs, &k, &blob);
+    if (!mrc)
+        mrc = mdb_get(txn, ig->texts, &k, &text);
+    if (mrc == MDB_NOTFOUND)
+        return rag_error_set(RAG_ENOTFOUND, "ingest: %s@%llu is not stored", doc,
+                             (unsigned long long)d->active);
+    if (mrc)
+        return rag_mdb_error(mrc, "ingest: read version");
+    version_row vr;
+    int rc = version_row_decode(&v, &vr);
+    if (rc)
+        return rc;
+    prepared p;
+    memset(&p, 0, sizeof p);
+    p.mime = d->mime;
+    p.title = rag_strdup(d->title);
+    p.text = rag_strndup(text.mv_data, text.mv_size);
+    p.text_len = text.mv_size;
+    memcpy(p.text_hash, vr.hash, 16);
+    uint8_t(*hashes)[16] = NULL;
+    if (!p.title || !p.text)
+        rc = rag_error_set(RAG_ENOMEM, "ingest: out of memory");
+    if (!rc)
+        rc = load_chunks(ig, txn, doc, d->active, vr.chunk_count, &p.chunks, &hashes);
+    free(hashes);
+    /* the blob must outlive the store, which writes into this same txn */
+    void *bytes = NULL;
+    if (!rc && !(bytes = malloc(blob.mv_size ? blob.mv_size : 1)))
+        rc = rag_error_set(RAG_ENOMEM, "ingest: out of memory");
+    if (!rc) {
+        memcpy(bytes, blob.mv_data, blob.mv_size);
+        rag_doc nd;
+        memset(&nd, 0, sizeof nd);
+        nd.id = doc;
+        nd.data = bytes;
+        nd.size = blob.mv_size;
+        nd.uri = d->uri;
+        nd.acl = d->acl;
+        nd.acl_count = d->acl_count;
+        uint64_t ver;
+        rc = store_one(ig, txn, &nd, &p, rag_now_ms(), "reindex", &ver);
+    }
+    free(bytes);
+    prepared_clear(&p);
+    return rc;
+}
+
+int rag_ingest_redrive(rag_ingest *ig, const char *doc_id, int mode, uint64_t version)
+{
+    if (!ig || !doc_id)
+        return rag_error_set(RAG_EINVAL, "rag_ingest_redrive: bad arguments");
+    int rc = rag_doc_id_check(doc_id);
+    if (rc)
+        return rc;
+    MDB_txn *txn;
+    int mrc = mdb_txn_begin(ig->env, NULL, 0, &txn);
+    if (mrc)
+        return rag_mdb_error(mrc, "ingest: begin");
+    doc_row d;
+    rc = doc_get(ig, txn, doc_id, &d, 1);
+    int known = rc == RAG_OK;
+    if (rc == RAG_ENOTFOUND)
+        rc = RAG_OK;
+    rag_ev_trail trail = {0};
+    if (!rc) {
+        switch (mode) {
+        case RAG_REDRIVE_PURGE:
+            rag_ev_trail_add(&trail, "ingest", "purge", rag_now_ms(), 1, RAG_OK);
+            rc = emit_deleted(ig, txn, doc_id,
+                              known && d.deleted_at > version ? d.deleted_at : version, &trail);
+            break;
+        case RAG_REDRIVE_REINDEX:
+            rc = known ? reindex(ig, txn, doc_id, &d)
+                       : rag_error_set(RAG_ENOTFOUND, "no document '%s'", doc_id);
+            break;
+        case RAG_REDRIVE_RESUME: {
+            saga_row s;
+            uint64_t sver = 0;
+            int found = known ? saga_newest(ig, txn, doc_id, &sver, &s) : 0;
+            if (found < 0) {
+                rc = found;
+            } else if (!found) {
+                rc = rag_error_set(RAG_ENOTFOUND, "no saga for '%s'", doc_id);
+            } else if (s.state == RAG_SAGA_RUNNING && s.kind == RAG_SAGA_PUT) {
+                rc = resume_put(ig, txn, doc_id, &d, sver, &s);
+            } else if (s.state == RAG_SAGA_RUNNING && s.kind == RAG_SAGA_DELETE) {
+                trail = s.trail;
+                rag_ev_trail_add(&trail, "ingest", "redrive", rag_now_ms(), 1, RAG_OK);
+                rc = emit_deleted(ig, txn, doc_id, sver, &trail);
+            } else if (s.state == RAG_SAGA_COMPENSATING) {
+                trail = s.trail;
+                rag_ev_trail_add(&trail, "ingest", "redrive", rag_now_ms(), 1, RAG_OK);
+                rc = emit_revert(ig, txn, doc_id, sver, &trail);
+            }
+            break;
+        }
+        default:
+            rc = rag_error_set(RAG_EINVAL, "rag_ingest_redrive: unknown mode %d", mode);
+        }
+    }
+    free(d.acl);
+    if (rc) {
+        mdb_txn_abort(txn);
+        return rc;
+    }
+    mrc = rag_txn_commit(txn);
     return mrc ? rag_mdb_error(mrc, "ingest: commit") : RAG_OK;
 }

@@ -278,7 +278,7 @@ static int br_publish(void *state, const rag_queue_message *msgs, size_t n)
         mdb_txn_abort(txn);
         return rc;
     }
-    mrc = mdb_txn_commit(txn);
+    mrc = rag_txn_commit(txn);
     if (mrc)
         return rag_mdb_error(mrc, "queue: publish commit");
     signal_topics(b, msgs, n);
@@ -389,7 +389,7 @@ static int br_fetch(void *state, const char *topic, size_t max, uint32_t lease_m
     }
     rag_wbuf_free(&w);
     if (!rc) {
-        mrc = mdb_txn_commit(txn);
+        mrc = rag_txn_commit(txn);
         txn = NULL;
         if (mrc)
             rc = rag_mdb_error(mrc, "queue: fetch commit");
@@ -451,7 +451,7 @@ static int br_ack(void *state, const rag_queue_message *msgs, size_t n)
         mdb_txn_abort(txn);
         return rc;
     }
-    mrc = mdb_txn_commit(txn);
+    mrc = rag_txn_commit(txn);
     return mrc ? rag_mdb_error(mrc, "queue: ack commit") : RAG_OK;
 }
 
@@ -490,7 +490,7 @@ static int br_nak(void *state, const rag_queue_message *msg, uint32_t delay_ms)
         mdb_txn_abort(txn);
         return rc;
     }
-    mrc = mdb_txn_commit(txn);
+    mrc = rag_txn_commit(txn);
     if (mrc)
         return rag_mdb_error(mrc, "queue: nak commit");
     /* Waiters may be sleeping until a later lease deadline: let them recompute. */
@@ -700,7 +700,7 @@ static int release_stale_leases(broker *b)
         mdb_txn_abort(txn);
         return rc;
     }
-    mrc = mdb_txn_commit(txn);
+    mrc = rag_txn_commit(txn);
     return mrc ? rag_mdb_error(mrc, "queue: recovery commit") : RAG_OK;
 }
 

@@ -76,12 +76,12 @@ static int dead_letter(rag_consumer *c, MDB_txn *parent, const rag_queue_message
     if (!rc)
         rc = inbox_put(c, txn, m);
     if (!rc && c->on_dead)
-        rc = c->on_dead(c->self, txn, m, code);
+        rc = c->on_dead(c->self, txn, m, code, reason);
     if (rc) {
         mdb_txn_abort(txn);
         return rc;
     }
-    mrc = mdb_txn_commit(txn);
+    mrc = rag_txn_commit(txn);
     return mrc ? rag_mdb_error(mrc, "consumer: dead-letter commit") : RAG_OK;
 }
 
@@ -119,7 +119,7 @@ static int process_one(rag_consumer *c, MDB_txn *batch, const rag_queue_policy *
     if (hrc == RAG_OK) {
         hrc = inbox_put(c, txn, m);
         if (hrc == RAG_OK) {
-            mrc = mdb_txn_commit(txn);
+            mrc = rag_txn_commit(txn);
             if (mrc == 0) {
                 *outcome = OUT_ACK;
                 return RAG_OK;
@@ -194,7 +194,7 @@ int rag_consumer_run_once(rag_consumer *c, const rag_queue_transport *t,
     for (size_t i = 0; i < n && !rc; i++)
         rc = process_one(c, txn, p, &msgs[i], &outcome[i]);
     if (!rc) {
-        mrc = mdb_txn_commit(txn);
+        mrc = rag_txn_commit(txn);
         if (mrc)
             rc = rag_mdb_error(mrc, "consumer: batch commit");
     } else {
@@ -351,7 +351,7 @@ int rag_dead_drop(MDB_env *env, const char *id)
             return rag_error_set(RAG_ENOTFOUND, "no dead letter %s", id);
         return rag_mdb_error(mrc, "dead_drop delete");
     }
-    mrc = mdb_txn_commit(txn);
+    mrc = rag_txn_commit(txn);
     return mrc ? rag_mdb_error(mrc, "dead_drop commit") : RAG_OK;
 }
 
@@ -398,6 +398,6 @@ int rag_dead_retry(rag_outbox *ob, const char *id, char new_id[RAG_QUEUE_MSGID_M
         mdb_txn_abort(txn);
         return rc;
     }
-    mrc = mdb_txn_commit(txn);
+    mrc = rag_txn_commit(txn);
     return mrc ? rag_mdb_error(mrc, "dead_retry commit") : RAG_OK;
 }

@@ -190,7 +190,7 @@ static int relay_batch(rag_outbox *ob, const rag_queue_transport *t, size_t limi
             return rag_mdb_error(mrc, "outbox: relay delete");
         }
     }
-    mrc = mdb_txn_commit(wtxn);
+    mrc = rag_txn_commit(wtxn);
     if (mrc)
         return rag_mdb_error(mrc, "outbox: relay delete commit");
     *n_out = n;

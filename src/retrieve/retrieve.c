@@ -148,7 +148,7 @@ static int check_format(rag_retrieve *rt)
             mdb_txn_abort(txn);
             return rag_mdb_error(mrc, "retrieve: write format");
         }
-        mrc = mdb_txn_commit(txn);
+        mrc = rag_txn_commit(txn);
         if (mrc)
             return rag_mdb_error(mrc, "retrieve: commit format");
     } else {
@@ -321,8 +321,9 @@ void rag_retrieve_results_free(rag_results *r) { free(r); }
 /* Keep the hits whose document is live in ingest and whose chunk text still exists.
  * `kept` has room for n entries. */
 static int validate_hits(rag_retrieve *rt, void *rtxn, const rag_index_hit *hits, size_t n,
-                         pending *kept, size_t *n_kept)
+                         pending *kept, size_t *n_kept, size_t *n_raced)
 {
+    *n_raced = 0;
     const rag_ingest_reader *ig = rt->ingest;
     size_t m = 0;
     for (size_t i = 0; i < n; i++) {
@@ -340,8 +341,14 @@ static int validate_hits(rag_retrieve *rt, void *rtxn, const rag_index_hit *hits
         const char *text = NULL;
         size_t len = 0;
         rc = ig->chunk_text(ig->self, rtxn, h->doc_id, h->version, h->chunk_no, &text, &len);
-        if (rc == RAG_ENOTFOUND)
-            continue; /* version superseded and garbage-collected meanwhile */
+        if (rc == RAG_ENOTFOUND) {
+            /* The index returned a version ingest no longer stores: it was superseded and
+             * freed between the index search and this snapshot (the switch, its doc.indexed
+             * and ingest's free all ran meanwhile).  Dropping it silently could hide the
+             * document (its new version was not in this search): the caller searches again. */
+            (*n_raced)++;
+            continue;
+        }
         if (rc)
             return reader_error(rc, "retrieve: chunk_text(%s@%llu#%u) failed", h->doc_id,
                                 (unsigned long long)h->version, h->chunk_no);
@@ -364,7 +371,7 @@ static int validate_hits(rag_retrieve *rt, void *rtxn, const rag_index_hit *hits
  * *n_kept and leave *out NULL.  `final_hits` (may be NULL) receives the hits behind the
  * results, for the cache. */
 static int finish(rag_retrieve *rt, const rag_index_hit *hits, size_t n, size_t k, size_t need,
-                  rag_results **out, size_t *n_kept, rag_index_hit *final_hits)
+                  rag_results **out, size_t *n_kept, size_t *n_raced, rag_index_hit *final_hits)
 {
     *out = NULL;
     pending *kept = n ? malloc(n * sizeof *kept) : NULL;
@@ -377,7 +384,7 @@ static int finish(rag_retrieve *rt, const rag_index_hit *hits, size_t n, size_t 
         return reader_error(rc, "retrieve: ingest reader begin failed");
     }
     size_t m = 0;
-    rc = validate_hits(rt, rtxn, hits, n, kept, &m);
+    rc = validate_hits(rt, rtxn, hits, n, kept, &m, n_raced);
     if (!rc) {
         *n_kept = m;
         if (m >= need) {
@@ -520,7 +527,7 @@ static void cache_put(rag_retrieve *rt, const uint8_t key[16], const rag_wbuf *m
                 continue; /* retry once on an emptied table */
             break;
         }
-        mrc = mdb_txn_commit(txn);
+        mrc = rag_txn_commit(txn);
         if (mrc != MDB_MAP_FULL)
             break;
     }
@@ -574,6 +581,7 @@ static int search_index(rag_retrieve *rt, const rag_query *q, const float *vec, 
     size_t kp = k + k / 4 + 8;
     rag_index_hit *hits = NULL;
     int rc;
+    int races_left = 3;
     for (;;) {
         rag_index_hit *nh = realloc(hits, kp * sizeof *hits);
         if (!nh) {
@@ -592,9 +600,19 @@ static int search_index(rag_retrieve *rt, const rag_query *q, const float *vec, 
             n = kp; /* defensive: never trust a callee to respect the buffer */
         /* Only a full page means the index may hold more candidates. */
         int more = n == kp && kp < RAG_RETRIEVE_FETCH_MAX;
-        size_t kept = 0;
-        rc = finish(rt, hits, n, k, more ? k : 0, out, &kept, final_hits);
-        if (rc || *out)
+        size_t kept = 0, raced = 0;
+        rc = finish(rt, hits, n, k, more ? k : 0, out, &kept, &raced, final_hits);
+        if (rc)
+            break;
+        if (raced && races_left > 0) {
+            /* a version switched under this search: search again (bounded: a label whose
+             * text is gone for good, which rag_fsck reports, cannot loop) */
+            races_left--;
+            rag_retrieve_results_free(*out);
+            *out = NULL;
+            continue;
+        }
+        if (*out)
             break;
         kp = kp * 2 > RAG_RETRIEVE_FETCH_MAX ? RAG_RETRIEVE_FETCH_MAX : kp * 2;
     }
@@ -640,9 +658,9 @@ int rag_retrieve_search(rag_retrieve *rt, const rag_query *q, rag_results **out)
         size_t n = 0;
         cache_get(rt, key, &mat, &cached, &n);
         if (cached) {
-            size_t kept = 0;
+            size_t kept = 0, raced = 0;
             /* need = n: any dropped hit makes the entry unusable (it would return < k). */
-            rc = finish(rt, cached, n, k, n, out, &kept, NULL);
+            rc = finish(rt, cached, n, k, n, out, &kept, &raced, NULL);
             free(cached);
             if (rc)
                 goto done;

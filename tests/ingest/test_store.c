@@ -467,7 +467,7 @@ static void test_events(void **state)
 
 static int deliver(fixture *f, const char *id, uint64_t version, uint32_t status)
 {
-    rag_ev_indexed ev = {id, version, status, 1};
+    rag_ev_indexed ev = {.doc_id = id, .version = version, .status = status, .vector_count = 1};
     rag_wbuf b;
     rag_wbuf_init(&b);
     OK(rag_ev_indexed_encode(&ev, &b));
@@ -591,7 +591,7 @@ static void test_indexed_through_queue(void **state)
 
     rag_queue_transport *t = NULL;
     OK(rag_queue_lmdb_transport_new(&t, &f->cfg));
-    rag_ev_indexed ev = {"Q", 2, RAG_INDEXED_ACTIVE, 1};
+    rag_ev_indexed ev = {.doc_id = "Q", .version = 2, .status = RAG_INDEXED_ACTIVE, .vector_count = 1};
     rag_wbuf b;
     rag_wbuf_init(&b);
     OK(rag_ev_indexed_encode(&ev, &b));

@@ -39,9 +39,11 @@ static int m_handle(void *self, MDB_txn *txn, const rag_queue_message *msg)
     return RAG_OK;
 }
 
-static int m_on_dead(void *self, MDB_txn *txn, const rag_queue_message *msg, int code)
+static int m_on_dead(void *self, MDB_txn *txn, const rag_queue_message *msg, int code,
+                     const char *reason)
 {
     mod *m = self;
+    (void)reason;
     m->dead_calls++;
     if (m->on_dead_fails)
         return rag_error_set(RAG_ETRANSIENT, "on_dead failed");

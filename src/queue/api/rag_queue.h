@@ -71,7 +71,11 @@ typedef struct rag_consumer {
     void *self;
     int (*begin_batch)(void *self, MDB_txn *txn);                       /* optional */
     int (*handle)(void *self, MDB_txn *txn, const rag_queue_message *msg);
-    int (*on_dead)(void *self, MDB_txn *txn, const rag_queue_message *msg, int code); /* opt. */
+    /* Optional: called in the dead-letter transaction (e.g. to emit doc.failed, which starts
+     * the saga's compensation).  It must succeed for any payload, malformed ones included:
+     * a failure keeps the message in the queue. */
+    int (*on_dead)(void *self, MDB_txn *txn, const rag_queue_message *msg, int code,
+                   const char *reason);
     void (*end_batch)(void *self, int committed);                       /* optional */
     /* internal, set by rag_consumer_init(): */
     MDB_dbi inbox_dbi, dead_dbi;
