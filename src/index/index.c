@@ -270,7 +270,7 @@ static int reader_epoch(void *self, uint64_t *out)
 
 /* ---- open ------------------------------------------------------------------------------------- */
 
-static int load_view(rag_index *ix, MDB_txn *txn)
+int rag_index__load_view(rag_index *ix, MDB_txn *txn, ix_mem *m)
 {
     MDB_cursor *cur;
     MDB_val k, v;
@@ -301,7 +301,7 @@ static int load_view(rag_index *ix, MDB_txn *txn)
         if (r.err)
             rc = rag_error_set(RAG_ECORRUPT, "index open: malformed ACL set");
         else
-            rc = rag_index__mem_add_acl(&ix->mem, rag_be32_get(k.mv_data), p, n);
+            rc = rag_index__mem_add_acl(m, rag_be32_get(k.mv_data), p, n);
         free(p);
     }
     mdb_cursor_close(cur);
@@ -323,7 +323,7 @@ static int load_view(rag_index *ix, MDB_txn *txn)
             rc = rag_error_set(RAG_ECORRUPT, "index open: malformed label row");
             break;
         }
-        rc = rag_index__mem_set_label(&ix->mem, (int64_t)rag_be64_get(k.mv_data), doc, version,
+        rc = rag_index__mem_set_label(m, (int64_t)rag_be64_get(k.mv_data), doc, version,
                                       chunk, acl);
     }
     mdb_cursor_close(cur);
@@ -482,6 +482,7 @@ static void ix_free(rag_index *ix)
     }
     rag_index__batch_free(ix->cons_embedded.batch);
     rag_index__batch_free(ix->cons_deleted.batch);
+    rag_index__batch_free(ix->cons_revert.batch);
     rag_outbox_free(ix->outbox);
     if (ix->env)
         mdb_env_close(ix->env);
@@ -559,9 +560,15 @@ int rag_index_open(rag_index **out, const rag_config *cfg, rag_vector_backend *b
     if (!rc) {
         consumer_setup(ix, &ix->cons_embedded, RAG_TOPIC_EMBEDDED, rag_index__handle_embedded);
         consumer_setup(ix, &ix->cons_deleted, RAG_TOPIC_DELETED, rag_index__handle_deleted);
+        consumer_setup(ix, &ix->cons_revert, RAG_TOPIC_REVERT, rag_index__handle_revert);
+        /* Only a version that never made it into the index needs compensating: a dead
+         * doc.deleted or doc.revert leaves nothing of a version behind to undo. */
+        ix->cons_embedded.c.on_dead = rag_index__on_dead_embedded;
         rc = rag_consumer_init(&ix->cons_embedded.c);
         if (!rc)
             rc = rag_consumer_init(&ix->cons_deleted.c);
+        if (!rc)
+            rc = rag_consumer_init(&ix->cons_revert.c);
     }
 
     /* Format and dimension are fixed at creation: vectors of another size cannot mix. */
@@ -595,9 +602,9 @@ int rag_index_open(rag_index **out, const rag_config *cfg, rag_vector_backend *b
     if (!rc)
         rc = rag_index__meta_get(txn, ix->meta, "snapshot_seq", &ix->snapshot_seq);
     if (!rc)
-        rc = load_view(ix, txn);
+        rc = rag_index__load_view(ix, txn, &ix->mem);
     if (txn) {
-        int mrc = rc ? (mdb_txn_abort(txn), 0) : mdb_txn_commit(txn);
+        int mrc = rc ? (mdb_txn_abort(txn), 0) : rag_txn_commit(txn);
         if (mrc)
             rc = rag_mdb_error(mrc, "index open: commit");
     }
@@ -651,7 +658,7 @@ static int snapshot_seq_put(rag_index *ix, uint64_t seq, int trim)
         mdb_txn_abort(txn);
         return rc;
     }
-    mrc = mdb_txn_commit(txn);
+    mrc = rag_txn_commit(txn);
     return mrc ? rag_mdb_error(mrc, "index snapshot: commit") : RAG_OK;
 }
 
@@ -703,6 +710,8 @@ rag_consumer *rag_index_consumer_embedded(rag_index *ix)
 }
 
 rag_consumer *rag_index_consumer_deleted(rag_index *ix) { return ix ? &ix->cons_deleted.c : NULL; }
+
+rag_consumer *rag_index_consumer_revert(rag_index *ix) { return ix ? &ix->cons_revert.c : NULL; }
 
 rag_outbox *rag_index_outbox(rag_index *ix) { return ix ? ix->outbox : NULL; }
 

@@ -1,8 +1,23 @@
 /*
- * Consumers of doc.embedded and doc.deleted.  Each message changes LMDB inside the consumer's
- * nested txn (labels, vectors, the document's active version, a mutation-log entry, the
+ * Consumers of doc.embedded, doc.deleted and doc.revert.  Each message changes LMDB inside the
+ * consumer's nested txn (labels, vectors, the document's row, a mutation-log entry, the
  * doc.indexed event in the outbox) and stages the matching backend changes in the consumer's
  * batch; end_batch() hands the batch to rag_index__apply() once the batch txn committed.
+ *
+ * Every doc.indexed carries the trail of the event it answers plus one "index" hop, so ingest
+ * sees the whole journey of a version.
+ *
+ * doc.revert (the saga's compensation, sent by ingest after a doc.failed) is a cleanup of
+ * strays: it removes whatever labels of a version that is not active the docs row still lists
+ * (with the atomic switch a non-active version never has any, unless a crash or a repair left
+ * some) and answers REVERTED.  It records nothing: ingest keeps the failed version's data, and
+ * once the cause is fixed a retried dead letter (`rag dlq retry`) must complete the saga
+ * forward, so a later doc.embedded of a reverted version follows the normal rules (newer than
+ * active and deleted_through: switched to and answered ACTIVE, which turns the failed saga
+ * into a done one; older: SUPERSEDED).  A revert of the active version changes nothing and
+ * answers ACTIVE: the switch is atomic, so once a version is active it is complete, and the
+ * saga completes forward.  The doc.embedded consumer's on_dead hook emits
+ * doc.failed{stage "index"}, which starts that compensation.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -20,15 +35,36 @@ static int storage_error(int mrc, const char *what)
 
 /* ---- documents ------------------------------------------------------------------------- */
 
-typedef struct ix_docrec {
-    int exists;
-    uint64_t active, deleted_through;
-    uint32_t acl;
-    size_t n;
-    int64_t *labels;
-} ix_docrec;
+void rag_index__doc_clear(ix_docrec *d)
+{
+    if (!d)
+        return;
+    free(d->labels);
+    memset(d, 0, sizeof *d);
+}
 
-static int doc_get(rag_index *ix, MDB_txn *txn, const char *doc, ix_docrec *d)
+int rag_index__doc_decode(const void *data, size_t len, ix_docrec *d)
+{
+    memset(d, 0, sizeof *d);
+    rag_rbuf r;
+    rag_rbuf_init(&r, data, len);
+    d->exists = 1;
+    d->active = rag_rbuf_u64(&r);
+    d->deleted_through = rag_rbuf_u64(&r);
+    d->acl = rag_rbuf_u32(&r);
+    uint32_t n = rag_rbuf_u32(&r);
+    if (r.err || (size_t)n * 8 > r.len - r.off)
+        return RAG_ECORRUPT;
+    d->labels = malloc((n ? n : 1) * sizeof *d->labels);
+    if (!d->labels)
+        return RAG_ENOMEM;
+    for (uint32_t i = 0; i < n; i++)
+        d->labels[i] = (int64_t)rag_rbuf_u64(&r);
+    d->n = n;
+    return RAG_OK;
+}
+
+int rag_index__doc_get(rag_index *ix, MDB_txn *txn, const char *doc, ix_docrec *d)
 {
     memset(d, 0, sizeof *d);
     MDB_val k = {strlen(doc), (void *)doc}, v;
@@ -37,35 +73,24 @@ static int doc_get(rag_index *ix, MDB_txn *txn, const char *doc, ix_docrec *d)
         return RAG_OK;
     if (mrc)
         return storage_error(mrc, "read document");
-    rag_rbuf r;
-    rag_rbuf_init(&r, v.mv_data, v.mv_size);
-    d->exists = 1;
-    d->active = rag_rbuf_u64(&r);
-    d->deleted_through = rag_rbuf_u64(&r);
-    d->acl = rag_rbuf_u32(&r);
-    uint32_t n = rag_rbuf_u32(&r);
-    if (r.err || (size_t)n * 8 > r.len - r.off)
-        return rag_error_set(RAG_ECORRUPT, "index: document record of '%s' is malformed", doc);
-    d->labels = malloc((n ? n : 1) * sizeof *d->labels);
-    if (!d->labels)
+    int rc = rag_index__doc_decode(v.mv_data, v.mv_size, d);
+    if (rc == RAG_ENOMEM)
         return rag_error_set(RAG_ETRANSIENT, "index: out of memory reading '%s'", doc);
-    for (uint32_t i = 0; i < n; i++)
-        d->labels[i] = (int64_t)rag_rbuf_u64(&r);
-    d->n = n;
+    if (rc)
+        return rag_error_set(RAG_ECORRUPT, "index: document record of '%s' is malformed", doc);
     return RAG_OK;
 }
 
-static int doc_put(rag_index *ix, MDB_txn *txn, const char *doc, uint64_t active,
-                   uint64_t deleted_through, uint32_t acl, size_t n, const int64_t *labels)
+int rag_index__doc_put(rag_index *ix, MDB_txn *txn, const char *doc, ix_docrec *d)
 {
     rag_wbuf w;
     rag_wbuf_init(&w);
-    rag_wbuf_u64(&w, active);
-    rag_wbuf_u64(&w, deleted_through);
-    rag_wbuf_u32(&w, acl);
-    rag_wbuf_u32(&w, (uint32_t)n);
-    for (size_t i = 0; i < n; i++)
-        rag_wbuf_u64(&w, (uint64_t)labels[i]);
+    rag_wbuf_u64(&w, d->active);
+    rag_wbuf_u64(&w, d->deleted_through);
+    rag_wbuf_u32(&w, d->acl);
+    rag_wbuf_u32(&w, (uint32_t)d->n);
+    for (size_t i = 0; i < d->n; i++)
+        rag_wbuf_u64(&w, (uint64_t)d->labels[i]);
     int rc = w.err ? rag_error_set(RAG_ETRANSIENT, "index: encode document") : RAG_OK;
     if (!rc) {
         MDB_val k = {strlen(doc), (void *)doc}, v = {w.len, w.data};
@@ -109,7 +134,7 @@ static int label_put(rag_index *ix, MDB_txn *txn, int64_t label, const char *doc
     return rc;
 }
 
-static int label_del(rag_index *ix, MDB_txn *txn, int64_t label)
+int rag_index__label_del(rag_index *ix, MDB_txn *txn, int64_t label)
 {
     uint8_t key[8];
     rag_be64_put(key, (uint64_t)label);
@@ -123,8 +148,8 @@ static int label_del(rag_index *ix, MDB_txn *txn, int64_t label)
     return RAG_OK;
 }
 
-static int log_put(rag_index *ix, MDB_txn *txn, uint64_t seq, const char *msg_id, size_t n_add,
-                   const int64_t *adds, size_t n_rm, const int64_t *rms)
+int rag_index__log_put(rag_index *ix, MDB_txn *txn, uint64_t seq, const char *msg_id,
+                       size_t n_add, const int64_t *adds, size_t n_rm, const int64_t *rms)
 {
     uint8_t key[8];
     rag_be64_put(key, seq);
@@ -148,10 +173,22 @@ static int log_put(rag_index *ix, MDB_txn *txn, uint64_t seq, const char *msg_id
     return rc;
 }
 
-static int emit_indexed(rag_index *ix, MDB_txn *txn, const char *doc, uint64_t version,
-                        uint32_t status, uint32_t count)
+/* doc.indexed answering `msg` (of `topic`, whose decoded trail is `in`): the trail goes on
+ * with one "index" hop.  The trail's strings point into the message, which outlives this
+ * call (the event is encoded here). */
+static int emit_indexed(rag_index *ix, MDB_txn *txn, const rag_queue_message *msg,
+                        const char *topic, const rag_ev_trail *in, const char *doc,
+                        uint64_t version, uint32_t status, uint32_t count)
 {
-    rag_ev_indexed ev = {doc, version, status, count};
+    rag_ev_indexed ev;
+    memset(&ev, 0, sizeof ev);
+    ev.doc_id = doc;
+    ev.version = version;
+    ev.status = status;
+    ev.vector_count = count;
+    if (in)
+        ev.trail = *in;
+    rag_ev_trail_add(&ev.trail, "index", topic, rag_now_ms(), msg->attempts, RAG_OK);
     rag_wbuf w;
     rag_wbuf_init(&w);
     int rc = rag_ev_indexed_encode(&ev, &w);
@@ -300,6 +337,7 @@ static int embedded_apply(rag_index *ix, ix_batch *b, MDB_txn *txn, const rag_qu
     if (rc)
         return rc;
     const char *doc = ev->doc_id;
+    const rag_ev_trail *tr = &ev->trail;
     if (ev->version == 0)
         return rag_error_set(RAG_EINVAL, "doc.embedded '%s': version 0", doc);
     if (ev->vector_count && ev->dim != ix->dim)
@@ -313,20 +351,22 @@ static int embedded_apply(rag_index *ix, ix_batch *b, MDB_txn *txn, const rag_qu
                                      doc, (unsigned long long)ev->version,
                                      ev->vectors[i].chunk_no);
     ix_docrec d;
-    rc = doc_get(ix, txn, doc, &d);
+    rc = rag_index__doc_get(ix, txn, doc, &d);
     if (rc)
         return rc;
     int64_t *fresh = NULL;
     if (d.exists && (ev->version <= d.deleted_through || ev->version < d.active)) {
         /* Arrived after a newer version (or after a delete covering it): nothing added. */
-        rc = emit_indexed(ix, txn, doc, ev->version, RAG_INDEXED_SUPERSEDED, 0);
+        rc = emit_indexed(ix, txn, msg, RAG_TOPIC_EMBEDDED, tr, doc, ev->version,
+                          RAG_INDEXED_SUPERSEDED, 0);
         goto out;
     }
     if (d.exists && ev->version == d.active) {
         /* The active version again under another message id (the embed step ran twice):
          * already applied; confirm it rather than calling it superseded, which would let
          * ingest collect the text of the version that is live. */
-        rc = emit_indexed(ix, txn, doc, ev->version, RAG_INDEXED_ACTIVE, (uint32_t)d.n);
+        rc = emit_indexed(ix, txn, msg, RAG_TOPIC_EMBEDDED, tr, doc, ev->version,
+                          RAG_INDEXED_ACTIVE, (uint32_t)d.n);
         goto out;
     }
     ix_counters c;
@@ -358,31 +398,40 @@ static int embedded_apply(rag_index *ix, ix_batch *b, MDB_txn *txn, const rag_qu
     /* The previous version goes in the same txn: a reader sees the old labels or the new
      * ones, never both and never neither. */
     for (size_t i = 0; i < d.n && !rc; i++) {
-        rc = label_del(ix, txn, d.labels[i]);
+        rc = rag_index__label_del(ix, txn, d.labels[i]);
         if (!rc)
             rc = rag_index__batch_remove(b, d.labels[i]);
     }
-    if (!rc)
-        rc = doc_put(ix, txn, doc, ev->version, d.deleted_through, acl, n, fresh);
     if (!rc) {
         c.log_seq++;
         c.epoch++;
         c.live = c.live + n - d.n;
         if (!d.active)
             c.active_docs++;
-        rc = log_put(ix, txn, c.log_seq, msg->id, n, fresh, d.n, d.labels);
+        rc = rag_index__log_put(ix, txn, c.log_seq, msg->id, n, fresh, d.n, d.labels);
+    }
+    if (!rc) {
+        /* the row now lists the new labels */
+        free(d.labels);
+        d.labels = fresh;
+        fresh = NULL;
+        d.n = n;
+        d.active = ev->version;
+        d.acl = acl;
+        rc = rag_index__doc_put(ix, txn, doc, &d);
     }
     if (!rc)
         rc = counters_put(ix, txn, &c);
     if (!rc)
-        rc = emit_indexed(ix, txn, doc, ev->version, RAG_INDEXED_ACTIVE, (uint32_t)n);
+        rc = emit_indexed(ix, txn, msg, RAG_TOPIC_EMBEDDED, tr, doc, ev->version,
+                          RAG_INDEXED_ACTIVE, (uint32_t)n);
     if (!rc)
         rc = rag_index__batch_group(b, c.log_seq, c.epoch, msg->id);
     if (rc && rc != RAG_ETRANSIENT && rc != RAG_EINVAL)
         rc = rag_error_set(RAG_ETRANSIENT, "%s", rag_error_last());
 out:
     free(fresh);
-    free(d.labels);
+    rag_index__doc_clear(&d);
     return rc;
 }
 
@@ -412,6 +461,51 @@ int rag_index__handle_embedded(void *self, MDB_txn *txn, const rag_queue_message
     return rc;
 }
 
+/*
+ * A doc.embedded given up on (malformed vectors, or attempts ran out on storage trouble):
+ * tell ingest, in the dead-letter transaction, so that the saga compensates.  Only the id and
+ * version are needed, so a payload that does not decode is peeked at; one that names no
+ * version has nothing to compensate (the dead letter itself is the report).  Any failure
+ * here keeps the message in the queue, so only a storage error may fail it.
+ */
+int rag_index__on_dead_embedded(void *self, MDB_txn *txn, const rag_queue_message *msg,
+                                int code, const char *reason)
+{
+    ix_consumer *ic = self;
+    rag_ev_failed f;
+    memset(&f, 0, sizeof f);
+    rag_ev_embedded ev;
+    int decoded = rag_ev_embedded_decode(msg->data, msg->size, &ev) == RAG_OK;
+    if (decoded) {
+        f.doc_id = ev.doc_id;
+        f.version = ev.version;
+        f.trail = ev.trail;
+    } else if (rag_ev_peek(msg->topic, msg->data, msg->size, &f.doc_id, &f.version) != RAG_OK) {
+        rag_error_clear();
+        return RAG_OK;
+    }
+    int rc = RAG_OK;
+    /* An id no document can have (empty, too long, not UTF-8) names nothing to undo. */
+    if (rag_doc_id_check(f.doc_id) == RAG_OK) {
+        f.stage = "index";
+        f.code = code;
+        f.reason = reason ? reason : "";
+        rag_ev_trail_add(&f.trail, "index", RAG_TOPIC_EMBEDDED, rag_now_ms(), msg->attempts,
+                         code);
+        rag_wbuf w;
+        rag_wbuf_init(&w);
+        rc = rag_ev_failed_encode(&f, &w);
+        if (!rc)
+            rc = rag_outbox_add(ic->ix->outbox, txn, RAG_TOPIC_FAILED, w.data, w.len, NULL);
+        rag_wbuf_free(&w);
+    } else {
+        rag_error_clear();
+    }
+    if (decoded)
+        rag_ev_embedded_clear(&ev);
+    return rc;
+}
+
 /* ---- doc.deleted -------------------------------------------------------------------------- */
 
 static int deleted_apply(rag_index *ix, ix_batch *b, MDB_txn *txn, const rag_queue_message *msg,
@@ -422,21 +516,22 @@ static int deleted_apply(rag_index *ix, ix_batch *b, MDB_txn *txn, const rag_que
         return rc;
     const char *doc = ev->doc_id;
     ix_docrec d;
-    rc = doc_get(ix, txn, doc, &d);
+    rc = rag_index__doc_get(ix, txn, doc, &d);
     if (rc)
         return rc;
     uint64_t dt = d.deleted_through > ev->version ? d.deleted_through : ev->version;
     if (d.active > ev->version) {
         /* The document came back with a newer version than the delete covers (the delete
          * and the new version's embedding crossed): that version stays. */
-        rc = doc_put(ix, txn, doc, d.active, dt, d.acl, d.n, d.labels);
+        d.deleted_through = dt;
+        rc = rag_index__doc_put(ix, txn, doc, &d);
         goto emit;
     }
     if (d.n || d.active) {
         ix_counters c;
         rc = counters_get(ix, txn, &c);
         for (size_t i = 0; i < d.n && !rc; i++) {
-            rc = label_del(ix, txn, d.labels[i]);
+            rc = rag_index__label_del(ix, txn, d.labels[i]);
             if (!rc)
                 rc = rag_index__batch_remove(b, d.labels[i]);
         }
@@ -446,7 +541,7 @@ static int deleted_apply(rag_index *ix, ix_batch *b, MDB_txn *txn, const rag_que
             c.live -= d.n;
             if (d.active && c.active_docs)
                 c.active_docs--;
-            rc = log_put(ix, txn, c.log_seq, msg->id, 0, NULL, d.n, d.labels);
+            rc = rag_index__log_put(ix, txn, c.log_seq, msg->id, 0, NULL, d.n, d.labels);
         }
         if (!rc)
             rc = counters_put(ix, txn, &c);
@@ -455,14 +550,20 @@ static int deleted_apply(rag_index *ix, ix_batch *b, MDB_txn *txn, const rag_que
     }
     /* The record stays as a tombstone so that a late doc.embedded of a covered version is
      * recognised as superseded. */
-    if (!rc)
-        rc = doc_put(ix, txn, doc, 0, dt, 0, 0, NULL);
+    if (!rc) {
+        d.active = 0;
+        d.deleted_through = dt;
+        d.acl = 0;
+        d.n = 0;
+        rc = rag_index__doc_put(ix, txn, doc, &d);
+    }
 emit:
     if (!rc)
-        rc = emit_indexed(ix, txn, doc, ev->version, RAG_INDEXED_DELETED, 0);
+        rc = emit_indexed(ix, txn, msg, RAG_TOPIC_DELETED, &ev->trail, doc, ev->version,
+                          RAG_INDEXED_DELETED, 0);
     if (rc && rc != RAG_ETRANSIENT)
         rc = rag_error_set(RAG_ETRANSIENT, "%s", rag_error_last());
-    free(d.labels);
+    rag_index__doc_clear(&d);
     return rc;
 }
 
@@ -479,6 +580,127 @@ int rag_index__handle_deleted(void *self, MDB_txn *txn, const rag_queue_message 
     ix_mark mk;
     rag_index__batch_mark(ic->batch, &mk);
     rc = deleted_apply(ic->ix, ic->batch, txn, msg, &ev);
+    if (rc)
+        rag_index__batch_truncate(ic->batch, &mk);
+    return rc;
+}
+
+/* ---- doc.revert --------------------------------------------------------------------------- */
+
+/* Version of a label per its "labels" row; 0 when the row is missing or unreadable. */
+static int label_version(rag_index *ix, MDB_txn *txn, int64_t label, uint64_t *version)
+{
+    uint8_t key[8];
+    rag_be64_put(key, (uint64_t)label);
+    MDB_val k = {8, key}, v;
+    *version = 0;
+    int mrc = mdb_get(txn, ix->labels, &k, &v);
+    if (mrc == MDB_NOTFOUND)
+        return RAG_OK;
+    if (mrc)
+        return storage_error(mrc, "read label");
+    rag_rbuf r;
+    rag_rbuf_init(&r, v.mv_data, v.mv_size);
+    uint64_t ver = rag_rbuf_u64(&r);
+    if (!r.err)
+        *version = ver;
+    return RAG_OK;
+}
+
+static int revert_apply(rag_index *ix, ix_batch *b, MDB_txn *txn, const rag_queue_message *msg,
+                        const rag_ev_revert *ev)
+{
+    int rc = rag_doc_id_check(ev->doc_id);
+    if (rc)
+        return rc;
+    const char *doc = ev->doc_id;
+    const uint64_t v = ev->version;
+    if (v == 0)
+        return rag_error_set(RAG_EINVAL, "doc.revert '%s': version 0", doc);
+    ix_docrec d;
+    rc = rag_index__doc_get(ix, txn, doc, &d);
+    if (rc)
+        return rc;
+    int64_t *rm = NULL;
+    size_t n_rm = 0;
+    if (d.exists && v == d.active) {
+        /* The version became active before the revert arrived.  The switch is atomic, so
+         * all of its labels are there: removing them would leave the document unfindable
+         * (a phantom).  Report it active; ingest then completes the saga forward. */
+        rc = emit_indexed(ix, txn, msg, RAG_TOPIC_REVERT, &ev->trail, doc, v,
+                          RAG_INDEXED_ACTIVE, (uint32_t)d.n);
+        goto out;
+    }
+    /* Labels of `v` listed in the row: normally none (the row lists the active version's),
+     * but whatever is there of `v` must go. */
+    if (d.n) {
+        rm = malloc(d.n * sizeof *rm);
+        if (!rm) {
+            rc = rag_error_set(RAG_ETRANSIENT, "index: out of memory (revert)");
+            goto out;
+        }
+    }
+    size_t keep = 0;
+    for (size_t i = 0; i < d.n && !rc; i++) {
+        uint64_t lv = 0;
+        rc = label_version(ix, txn, d.labels[i], &lv);
+        if (!rc && lv == v)
+            rm[n_rm++] = d.labels[i];
+        else
+            d.labels[keep++] = d.labels[i];
+    }
+    if (rc)
+        goto fail;
+    if (n_rm) {
+        ix_counters c;
+        rc = counters_get(ix, txn, &c);
+        for (size_t i = 0; i < n_rm && !rc; i++) {
+            rc = rag_index__label_del(ix, txn, rm[i]);
+            if (!rc)
+                rc = rag_index__batch_remove(b, rm[i]);
+        }
+        if (!rc) {
+            c.log_seq++;
+            c.epoch++;
+            c.live = c.live >= n_rm ? c.live - n_rm : 0;
+            rc = rag_index__log_put(ix, txn, c.log_seq, msg->id, 0, NULL, n_rm, rm);
+        }
+        if (!rc)
+            rc = counters_put(ix, txn, &c);
+        if (!rc)
+            rc = rag_index__batch_group(b, c.log_seq, c.epoch, msg->id);
+        d.n = keep;
+        if (!rc)
+            rc = rag_index__doc_put(ix, txn, doc, &d);
+    }
+    /* Nothing else is written: no record of the revert (a retried doc.embedded of v must
+     * still be able to complete the saga forward), no row for a document the index has
+     * never seen, and nothing at all when there was nothing to remove (a repeated revert). */
+    if (!rc)
+        rc = emit_indexed(ix, txn, msg, RAG_TOPIC_REVERT, &ev->trail, doc, v,
+                          RAG_INDEXED_REVERTED, 0);
+fail:
+    if (rc && rc != RAG_ETRANSIENT)
+        rc = rag_error_set(RAG_ETRANSIENT, "%s", rag_error_last());
+out:
+    free(rm);
+    rag_index__doc_clear(&d);
+    return rc;
+}
+
+int rag_index__handle_revert(void *self, MDB_txn *txn, const rag_queue_message *msg)
+{
+    ix_consumer *ic = self;
+    int rc = ensure_batch(ic);
+    if (rc)
+        return rc;
+    rag_ev_revert ev;
+    rc = rag_ev_revert_decode(msg->data, msg->size, &ev);
+    if (rc)
+        return rc; /* unparsable: permanent */
+    ix_mark mk;
+    rag_index__batch_mark(ic->batch, &mk);
+    rc = revert_apply(ic->ix, ic->batch, txn, msg, &ev);
     if (rc)
         rag_index__batch_truncate(ic->batch, &mk);
     return rc;
@@ -521,22 +743,17 @@ static void verify_groups(rag_index *ix, ix_batch *b)
     mdb_txn_abort(rt);
 }
 
-void rag_index__end_batch(void *self, int committed)
+void rag_index__batch_submit(rag_index *ix, ix_batch *b)
 {
-    ix_consumer *ic = self;
-    rag_index *ix = ic->ix;
-    ix_batch *b = ic->batch;
-    ic->batch = NULL;
     if (!b)
         return;
-    if (committed && b->n_groups)
-        verify_groups(ix, b);
-    if (!committed || b->n_groups == 0) {
+    if (b->n_groups == 0) {
         rag_index__batch_free(b);
         return;
     }
-    /* Two consumers share the env: their batches commit one after the other, but their
-     * end_batch calls may come in either order.  Apply strictly in log order. */
+    /* Three consumers (and rag_index_check) share the env: their txns commit one after the
+     * other, but their batches may be handed over in any order.  Apply strictly in log
+     * order. */
     pthread_mutex_lock(&ix->apply_mu);
     while (b->n_groups && b->groups[0].seq <= ix->applied_seq)
         rag_index__batch_drop_group(b, 0); /* cannot happen; never apply twice */
@@ -556,4 +773,21 @@ void rag_index__end_batch(void *self, int committed)
         rag_index__batch_free(h);
     }
     pthread_mutex_unlock(&ix->apply_mu);
+}
+
+void rag_index__end_batch(void *self, int committed)
+{
+    ix_consumer *ic = self;
+    rag_index *ix = ic->ix;
+    ix_batch *b = ic->batch;
+    ic->batch = NULL;
+    if (!b)
+        return;
+    if (committed && b->n_groups)
+        verify_groups(ix, b);
+    if (!committed || b->n_groups == 0) {
+        rag_index__batch_free(b);
+        return;
+    }
+    rag_index__batch_submit(ix, b);
 }

@@ -8,10 +8,22 @@
  *   "vectors"   be64 label -> dim little-endian floats
  *   "docs"      doc_id bytes -> {u64 active_version, u64 deleted_through, u32 acl id,
  *                               u32 n, n x u64 live labels}
+ *               Nothing about reverted versions is kept: a doc.revert only removes stray
+ *               labels of a non-active version (the atomic switch means such a version
+ *               normally has none), and a doc.embedded of a reverted version retried after
+ *               the cause was fixed must complete the saga forward (it is switched to like
+ *               any newer version; older ones are SUPERSEDED as usual).
  *   "acl_sets"  be32 id -> {u32 n, n x str principal} (sorted, unique; id 0 = public, absent)
  *   "acl_keys"  XXH3-128 of that encoding -> be32 id (interning)
  *   "log"       be64 seq -> {str message id, u32 n_add, labels, u32 n_remove, labels}
  * plus the queue's "__outbox", "__outbox_meta", "__inbox", "__dead".
+ *
+ * Three consumers share the env and the outbox: doc.embedded, doc.deleted and doc.revert
+ * (index_handlers.c); each answers with doc.indexed carrying the trail of the event it
+ * handled plus an "index" hop.  A doc.embedded that is dead-lettered emits doc.failed (its
+ * on_dead hook) so that ingest compensates.  rag_index_check (index_check.c) checks the
+ * tables against each other and against the view/backend, and repairs them as one logged
+ * change applied like a consumer batch.
  *
  * The vector backend (FAISS) and an in-memory view (per label: doc, version, chunk, ACL set,
  * live; per principal: the ACL sets naming it) are derived.  Both change only under the
@@ -158,7 +170,7 @@ struct rag_index {
     MDB_env *env;
     MDB_dbi meta, labels, vectors, docs, acl_sets, acl_keys, log;
     rag_outbox *outbox;
-    ix_consumer cons_embedded, cons_deleted;
+    ix_consumer cons_embedded, cons_deleted, cons_revert;
     rag_vector_backend *backend;
     unsigned int dim;
     char snap_path[RAG_PATH_MAX + 64];
@@ -183,14 +195,43 @@ struct rag_index {
 /* index_handlers.c */
 int rag_index__handle_embedded(void *self, MDB_txn *txn, const rag_queue_message *msg);
 int rag_index__handle_deleted(void *self, MDB_txn *txn, const rag_queue_message *msg);
+int rag_index__handle_revert(void *self, MDB_txn *txn, const rag_queue_message *msg);
+/* on_dead of the doc.embedded consumer: doc.failed{stage "index"} into the outbox. */
+int rag_index__on_dead_embedded(void *self, MDB_txn *txn, const rag_queue_message *msg,
+                                int code, const char *reason);
 int rag_index__begin_batch(void *self, MDB_txn *txn);
 void rag_index__end_batch(void *self, int committed);
+/* Hand a batch whose txn committed to the applier: it is applied once every batch with a
+ * lower log seq has been (takes ownership of `b`). */
+void rag_index__batch_submit(struct rag_index *ix, ix_batch *b);
+
+/* One "docs" row, decoded (labels allocated). */
+typedef struct ix_docrec {
+    int exists;
+    uint64_t active, deleted_through;
+    uint32_t acl;
+    size_t n;
+    int64_t *labels;
+} ix_docrec;
+
+int rag_index__doc_decode(const void *data, size_t len, ix_docrec *d);
+void rag_index__doc_clear(ix_docrec *d);
+int rag_index__doc_get(struct rag_index *ix, MDB_txn *txn, const char *doc, ix_docrec *d);
+/* Write `d`. */
+int rag_index__doc_put(struct rag_index *ix, MDB_txn *txn, const char *doc, ix_docrec *d);
+int rag_index__label_del(struct rag_index *ix, MDB_txn *txn, int64_t label);
+int rag_index__log_put(struct rag_index *ix, MDB_txn *txn, uint64_t seq, const char *msg_id,
+                       size_t n_add, const int64_t *adds, size_t n_rm, const int64_t *rms);
+
+/* index_check.c: rag_index_scan_docs, rag_index_scan_labels, rag_index_check. */
 
 /* index.c */
 int rag_index__meta_get(MDB_txn *txn, MDB_dbi dbi, const char *key, uint64_t *out);
 int rag_index__meta_put(MDB_txn *txn, MDB_dbi dbi, const char *key, uint64_t v);
 /* Rebuild the backend from the vectors of the labels live in `mem` (write lock held). */
 int rag_index__rebuild_locked(struct rag_index *ix);
+/* Load a view from the labels and ACL tables of `txn` into `m` (initialised by the caller). */
+int rag_index__load_view(struct rag_index *ix, MDB_txn *txn, ix_mem *m);
 /* Apply a committed batch to backend + mem (takes the write lock). */
 void rag_index__apply(struct rag_index *ix, ix_batch *b);
 

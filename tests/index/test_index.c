@@ -132,7 +132,8 @@ static void encode_embedded(rag_wbuf *w, const char *doc, uint64_t version, cons
         vs[i].vector = vecs + i * DIM;
         chunk_vec(doc, version, (uint32_t)i, vs[i].vector);
     }
-    rag_ev_embedded ev = {doc, version, nacl, acl, DIM, nvec, vs};
+    rag_ev_embedded ev = {.doc_id = doc, .version = version, .acl_count = nacl, .acl = acl,
+                          .dim = DIM, .vector_count = nvec, .vectors = vs};
     rag_wbuf_init(w);
     OK(rag_ev_embedded_encode(&ev, w));
     free(vs);
@@ -150,7 +151,7 @@ static void put_embedded(tctx *c, const char *doc, uint64_t version, const char 
 
 static void put_deleted(tctx *c, const char *doc, uint64_t version)
 {
-    rag_ev_deleted ev = {doc, version};
+    rag_ev_deleted ev = {.doc_id = doc, .version = version};
     rag_wbuf w;
     rag_wbuf_init(&w);
     OK(rag_ev_deleted_encode(&ev, &w));
@@ -624,7 +625,7 @@ static void test_end_batch_order(void **state)
     MDB_env *env = rag_index_env(c->ix);
     rag_wbuf we, wd;
     encode_embedded(&we, "flip", 1, NULL, 0, 2);
-    rag_ev_deleted del = {"flip", 1};
+    rag_ev_deleted del = {.doc_id = "flip", .version = 1};
     rag_wbuf_init(&wd);
     OK(rag_ev_deleted_encode(&del, &wd));
     rag_queue_message me = {RAG_TOPIC_EMBEDDED, "e-1", we.data, we.len, 1, 0};
@@ -653,7 +654,8 @@ static void test_bad_messages(void **state)
     rag_ev_vector v = {0, {0}, "", 0, NULL};
     float big[DIM * 2] = {0};
     v.vector = big;
-    rag_ev_embedded ev = {"wrong-dim", 1, 0, NULL, DIM * 2, 1, &v};
+    rag_ev_embedded ev = {.doc_id = "wrong-dim", .version = 1, .dim = DIM * 2,
+                          .vector_count = 1, .vectors = &v};
     rag_wbuf w;
     rag_wbuf_init(&w);
     OK(rag_ev_embedded_encode(&ev, &w));
@@ -663,7 +665,8 @@ static void test_bad_messages(void **state)
     for (int i = 0; i < DIM; i++)
         nan_vec[i] = NAN;
     v.vector = nan_vec;
-    rag_ev_embedded ev2 = {"nan", 1, 0, NULL, DIM, 1, &v};
+    rag_ev_embedded ev2 = {.doc_id = "nan", .version = 1, .dim = DIM, .vector_count = 1,
+                           .vectors = &v};
     rag_wbuf_init(&w);
     OK(rag_ev_embedded_encode(&ev2, &w));
     publish(c, RAG_TOPIC_EMBEDDED, &w);
