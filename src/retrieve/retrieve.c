@@ -388,7 +388,8 @@ static int finish(rag_retrieve *rt, const rag_index_hit *hits, size_t n, size_t 
     if (!rc) {
         *n_kept = m;
         if (m >= need) {
-            qsort(kept, m, sizeof *kept, cmp_pending);
+            if (m > 1)
+                qsort(kept, m, sizeof *kept, cmp_pending);
             if (m > k)
                 m = k;
             if (final_hits) {
