@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "ingest_internal.h"
 #include "rag_common.h"
@@ -378,6 +379,28 @@ static void test_idempotency(void **state)
     stats_are(f->ig, 1, 3, 3);
 }
 
+/* Keys are kept idempotency_ttl (24 h by default; configurable), then the key is free. */
+static void test_idempotency_ttl(void **state)
+{
+    fixture *f = *state;
+    assert_int_equal(f->cfg.idempotency_ttl_ms, 24ull * 3600 * 1000);
+    rag_ingest_close(f->ig);
+    f->cfg.idempotency_ttl_ms = 100;
+    OK(rag_ingest_open(&f->ig, &f->cfg));
+    rag_doc d = mkdoc("doc", "First payload.");
+    d.idempotency_key = "req-ttl";
+    assert_int_equal(put1(f->ig, &d, RAG_OK), 1);
+    rag_doc other = mkdoc("doc", "Second payload.");
+    other.idempotency_key = "req-ttl";
+    put1(f->ig, &other, RAG_EIDEMPOTENCY); /* within the retention: refused */
+    struct timespec ts = {0, 250 * 1000000L};
+    nanosleep(&ts, NULL);
+    /* expired: a new request under the same key */
+    assert_int_equal(put1(f->ig, &other, RAG_OK), 2);
+    assert_int_equal(put1(f->ig, &other, RAG_OK), 2); /* and now remembered again */
+    put1(f->ig, &d, RAG_EIDEMPOTENCY);
+}
+
 /* ---- delete --------------------------------------------------------------------------- */
 
 static void test_delete(void **state)
@@ -733,6 +756,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_utf8_errors_and_repair, setup, teardown),
         cmocka_unit_test_setup_teardown(test_validation, setup, teardown),
         cmocka_unit_test_setup_teardown(test_idempotency, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_idempotency_ttl, setup, teardown),
         cmocka_unit_test_setup_teardown(test_delete, setup, teardown),
         cmocka_unit_test_setup_teardown(test_events, setup, teardown),
         cmocka_unit_test_setup_teardown(test_indexed_gc, setup, teardown),
