@@ -269,7 +269,8 @@ typedef struct rag_status_info {
     rag_status_queue queues[RAG_STATUS_MAX_QUEUES];
     /* ---- version 2 (filled only when the caller set version >= 2) ---- */
     uint64_t sagas_running;     /**< versions/deletes on their way through the pipeline */
-    uint64_t sagas_failed;      /**< versions that failed and were (or are being) compensated */
+    uint64_t sagas_failed;      /**< documents whose newest version failed and was compensated
+                                     (an older version, if any, stays searchable) */
     uint64_t sagas_compensating;/**< failed versions whose compensation has not finished */
 } rag_status_info;
 
