@@ -1084,6 +1084,8 @@ static int prepare(rag_ingest *ig, const rag_doc *d, prepared *p)
     }
 
     int fmt;
+    uint64_t t_validate = rag_mono_us();
+    rag_ingest__phase_doc(d->size);
     int rc = rag_ingest__detect(d->mime, d->data, d->size, d->uri, d->id, &fmt, &p->mime);
     if (rc)
         return fail(p, rc);
@@ -1103,9 +1105,10 @@ static int prepare(rag_ingest *ig, const rag_doc *d, prepared *p)
         bytes = repaired;
     }
 
+    rag_ingest__phase_add(RAG_PHASE_VALIDATE, rag_mono_us() - t_validate);
     rag_ingest_parsed doc;
     rag_ingest__parsed_init(&doc);
-    rc = rag_ingest__parse(fmt, bytes, len, &doc);
+    rc = rag_ingest__parse(fmt, bytes, len, &doc); /* times its parse and normalise phases */
     free(repaired);
     if (!rc && doc.count == 0)
         rc = rag_error_set(RAG_EEMPTY, "document '%s' has no text", d->id);
@@ -1130,6 +1133,7 @@ static int prepare(rag_ingest *ig, const rag_doc *d, prepared *p)
         if (!p->title)
             rc = rag_error_set(RAG_ENOMEM, "out of memory");
     }
+    uint64_t t_chunk = rag_mono_us();
     if (!rc)
         rc = rag_ingest__join(&doc, &p->text, &p->text_len);
     if (!rc) {
@@ -1145,6 +1149,7 @@ static int prepare(rag_ingest *ig, const rag_doc *d, prepared *p)
     if (rc)
         return fail(p, rc);
     rag_hash128(p->text, p->text_len, p->text_hash);
+    rag_ingest__phase_add(RAG_PHASE_CHUNK, rag_mono_us() - t_chunk);
     return RAG_OK;
 }
 
@@ -1359,6 +1364,7 @@ int rag_ingest_put_batch(rag_ingest *ig, const rag_doc *docs, size_t n, rag_put_
         results[i].version = 0;
     }
     uint64_t now = rag_now_ms();
+    uint64_t t_store = rag_mono_us();
     MDB_txn *txn = NULL;
     int rc = RAG_OK;
     int mrc = mdb_txn_begin(ig->env, NULL, 0, &txn);
@@ -1409,6 +1415,7 @@ int rag_ingest_put_batch(rag_ingest *ig, const rag_doc *docs, size_t n, rag_put_
             rc = rag_mdb_error(mrc, "ingest: commit");
         }
     }
+    rag_ingest__phase_add(RAG_PHASE_STORE, rag_mono_us() - t_store);
     if (!rc) {
         /* leave the first document failure's detail for rag_error_last() */
         for (size_t i = 0; i < n; i++) {

@@ -75,6 +75,28 @@ int rag_ingest__parse_xml(const char *s, size_t len, rag_ingest_parsed *out);
 /* Process-wide libxml2 hardening (entity loader refusing everything); idempotent. */
 void rag_ingest__xml_init(void);
 
+/* ---- phase timing (benchmarks) -------------------------------------------------------
+ * Process-wide totals of the time prepare() spends in each phase, so a benchmark can report
+ * where ingest time goes without a profiler.  Relaxed atomics: a few per document. */
+typedef enum rag_ingest_phase {
+    RAG_PHASE_VALIDATE = 0,  /* MIME detection, UTF-8 validation (and repair) */
+    RAG_PHASE_PARSE = 1,     /* the format parser (HTML/XML/Markdown/text) */
+    RAG_PHASE_NORMALIZE = 2, /* NFC and control-character stripping of every block */
+    RAG_PHASE_CHUNK = 3,     /* joining, content-defined chunking, hashing */
+    RAG_PHASE_STORE = 4,     /* the LMDB transaction of a put batch */
+    RAG_PHASE_COUNT
+} rag_ingest_phase;
+
+typedef struct rag_ingest_phase_us {
+    uint64_t us[RAG_PHASE_COUNT];
+    uint64_t documents, bytes;
+} rag_ingest_phase_us;
+
+void rag_ingest__phase_add(rag_ingest_phase phase, uint64_t us);
+void rag_ingest__phase_get(rag_ingest_phase_us *out);
+void rag_ingest__phase_reset(void);
+void rag_ingest__phase_doc(size_t bytes);
+
 /* ---- MIME ----------------------------------------------------------------------------- */
 
 typedef enum rag_ingest_format {

@@ -1,6 +1,7 @@
 /* Parsed-document model, inline text accumulator, plain-text parser, MIME detection and the
  * parse dispatcher (which also NFC-normalises every block). */
 #include <stdlib.h>
+#include <stdatomic.h>
 #include <string.h>
 
 #include "ingest_internal.h"
@@ -316,12 +317,15 @@ int rag_ingest__parse(int fmt, const char *s, size_t len, rag_ingest_parsed *out
     rag_ingest_parsed raw;
     rag_ingest__parsed_init(&raw);
     int rc;
+    uint64_t t0 = rag_mono_us();
     switch (fmt) {
     case RAG_FMT_MARKDOWN: rc = rag_ingest__parse_markdown(s, len, &raw); break;
     case RAG_FMT_HTML: rc = rag_ingest__parse_html(s, len, &raw); break;
     case RAG_FMT_XML: rc = rag_ingest__parse_xml(s, len, &raw); break;
     default: rc = rag_ingest__parse_text(s, len, &raw); break;
     }
+    uint64_t t1 = rag_mono_us();
+    rag_ingest__phase_add(RAG_PHASE_PARSE, t1 - t0);
     /* NFC block by block: a block separator is a starter, so the result equals NFC of the
      * joined text; control characters go too (rag_utf8_nfc). */
     for (size_t i = 0; !rc && i < raw.count; i++) {
@@ -351,5 +355,39 @@ int rag_ingest__parse(int fmt, const char *s, size_t len, rag_ingest_parsed *out
         }
     }
     rag_ingest__parsed_clear(&raw);
+    rag_ingest__phase_add(RAG_PHASE_NORMALIZE, rag_mono_us() - t1);
     return rc;
+}
+
+/* ---- phase timing ------------------------------------------------------------------- */
+
+static _Atomic uint64_t phase_us[RAG_PHASE_COUNT], phase_docs, phase_bytes;
+
+void rag_ingest__phase_add(rag_ingest_phase phase, uint64_t us)
+{
+    if ((unsigned)phase < RAG_PHASE_COUNT)
+        atomic_fetch_add_explicit(&phase_us[phase], us, memory_order_relaxed);
+}
+
+void rag_ingest__phase_get(rag_ingest_phase_us *out)
+{
+    for (int i = 0; i < RAG_PHASE_COUNT; i++)
+        out->us[i] = atomic_load_explicit(&phase_us[i], memory_order_relaxed);
+    out->documents = atomic_load_explicit(&phase_docs, memory_order_relaxed);
+    out->bytes = atomic_load_explicit(&phase_bytes, memory_order_relaxed);
+}
+
+void rag_ingest__phase_reset(void)
+{
+    for (int i = 0; i < RAG_PHASE_COUNT; i++)
+        atomic_store(&phase_us[i], 0);
+    atomic_store(&phase_docs, 0);
+    atomic_store(&phase_bytes, 0);
+}
+
+/* Count one prepared document of `bytes` bytes (called by prepare()). */
+void rag_ingest__phase_doc(size_t bytes)
+{
+    atomic_fetch_add_explicit(&phase_docs, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&phase_bytes, bytes, memory_order_relaxed);
 }
