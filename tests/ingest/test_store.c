@@ -246,13 +246,14 @@ static void test_utf8_errors_and_repair(void **state)
     assert_int_equal(doc_info(f->ig, "u", &in), RAG_ENOTFOUND);
     stats_are(f->ig, 0, 0, 0);
 
-    /* repair: each invalid byte becomes U+FFFD */
+    /* repair: each maximal ill-formed subpart becomes one U+FFFD (C0 and 80 are two: C0 can
+     * never start a sequence; the truncated E2 82 is one) */
     rag_doc d = mkdoc("r", "ok \xC0\x80 and \xE2\x82");
     d.flags = RAG_PUT_REPAIR_UTF8;
     assert_int_equal(put1(f->ig, &d, RAG_OK), 1);
     char *t = NULL;
     OK(chunk_text(f->ig, "r", 1, 0, &t));
-    assert_string_equal(t, "ok \xEF\xBF\xBD\xEF\xBF\xBD and \xEF\xBF\xBD\xEF\xBF\xBD");
+    assert_string_equal(t, "ok \xEF\xBF\xBD\xEF\xBF\xBD and \xEF\xBF\xBD");
     free(t);
 
     /* NFC: e + combining acute is stored precomposed */
