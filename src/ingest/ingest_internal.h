@@ -75,6 +75,40 @@ int rag_ingest__parse_xml(const char *s, size_t len, rag_ingest_parsed *out);
 /* Process-wide libxml2 hardening (entity loader refusing everything); idempotent. */
 void rag_ingest__xml_init(void);
 
+/* ---- libxml2 plumbing shared by parse_html.c and parse_xml.c (defined in parse_xml.c) ---
+ * Every libxml2 parse runs between rag_ingest__xml_enter() and rag_ingest__xml_leave() on one
+ * thread.  Enter installs ragcore's error handlers (thread-local in libxml2 2.9; leave puts
+ * the host's back), so diagnostics are captured here and never reach stderr, and marks the
+ * thread so that the external-entity loader refuses whatever the parser asks for (outside
+ * our parses it defers to the loader the host had). */
+struct _xmlDoc;
+struct _xmlNode;
+
+typedef struct rag_ingest_xml_session {
+    void (*saved_serror)(void); /* the host's handlers, kept as generic function pointers */
+    void *saved_serror_ctx;
+    void (*saved_gerror)(void);
+    void *saved_gerror_ctx;
+    int errors;      /* diagnostics of level error or fatal */
+    int fatal;       /* fatal ones: the parser stopped (ill-formed, too deep, entity loop) */
+    char first[256]; /* "line L, column C: message" of the first fatal, else the first error */
+} rag_ingest_xml_session;
+
+void rag_ingest__xml_enter(rag_ingest_xml_session *s);
+void rag_ingest__xml_leave(rag_ingest_xml_session *s);
+/* How many loads the external-entity loader has refused in this process (tests). */
+unsigned long rag_ingest__xml_loads_refused(void);
+/* An entity reference the document does not declare (an XHTML or DocBook file naming its DTD,
+ * which is never loaded) whose name is an HTML entity: its character as UTF-8 in `out`,
+ * returning the length; 0 otherwise.  Declared entities are never expanded. */
+size_t rag_ingest__xml_entity_char(const struct _xmlNode *ref, char out[8]);
+/* The (X)HTML text walker over a parsed tree (parse_html.c); XHTML read by the XML parser
+ * goes through it too. */
+int rag_ingest__html_extract(struct _xmlDoc *doc, rag_ingest_parsed *out);
+/* The XML text walker over a parsed tree (DocBook, Mallard, XHTML, generic; parse_xml.c).
+ * Both walkers are iterative: any tree depth costs heap, never C stack. */
+int rag_ingest__xml_extract(struct _xmlDoc *doc, rag_ingest_parsed *out);
+
 /* ---- phase timing (benchmarks) -------------------------------------------------------
  * Process-wide totals of the time prepare() spends in each phase, so a benchmark can report
  * where ingest time goes without a profiler.  Relaxed atomics: a few per document. */

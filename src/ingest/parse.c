@@ -223,6 +223,7 @@ static int fmt_from_ext(const char *path, int *fmt)
         {"html", RAG_FMT_HTML}, {"htm", RAG_FMT_HTML}, {"xhtml", RAG_FMT_HTML},
         {"md", RAG_FMT_MARKDOWN}, {"markdown", RAG_FMT_MARKDOWN}, {"mdown", RAG_FMT_MARKDOWN},
         {"txt", RAG_FMT_TEXT}, {"text", RAG_FMT_TEXT}, {"xml", RAG_FMT_XML},
+        {"dbk", RAG_FMT_XML}, {"docbook", RAG_FMT_XML}, {"page", RAG_FMT_XML}, /* Mallard */
     };
     for (size_t i = 0; i < sizeof map / sizeof map[0]; i++) {
         if (strlen(map[i].ext) == n && ieq_prefix(ext, n, map[i].ext)) {
@@ -241,6 +242,73 @@ static const char *fmt_mime(int fmt)
     case RAG_FMT_XML: return "application/xml";
     default: return "text/plain";
     }
+}
+
+/* Signatures of binary formats we do not read (the NUL test catches most others). */
+static int binary_magic(const unsigned char *s, size_t n)
+{
+    static const struct { const char *magic; size_t len; } sigs[] = {
+        {"%PDF-", 5}, {"PK\x03\x04", 4}, {"\x1f\x8b", 2} /* gzip */, {"\x89PNG", 4},
+        {"\xFF\xD8\xFF", 3} /* JPEG */, {"GIF87a", 6}, {"GIF89a", 6},
+        {"\x28\xB5\x2F\xFD", 4} /* zstd */, {"\xFD" "7zXZ", 5},
+        {"\x7F" "ELF", 4}, {"\xD0\xCF\x11\xE0", 4} /* OLE2 (old Office) */,
+        {"\xFF\xFE", 2}, {"\xFE\xFF", 2} /* UTF-16: not UTF-8 text */,
+    };
+    for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++)
+        if (n >= sigs[i].len && !memcmp(s, sigs[i].magic, sigs[i].len))
+            return 1;
+    return 0;
+}
+
+/* Control bytes (other than whitespace and ESC) are rare in text: more than 1 in 16 bytes
+ * of the probe, or any NUL, says binary. */
+static int looks_binary(const unsigned char *s, size_t n)
+{
+    size_t ctl = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = s[i];
+        if (c == 0)
+            return 1;
+        if (c < 0x20 && c != '\t' && c != '\n' && c != '\r' && c != '\f' && c != '\v' &&
+            c != 0x1B)
+            ctl++;
+    }
+    return ctl * 16 > n;
+}
+
+/* After leading comments and whitespace: does the text start with an XML root element that
+ * declares a namespace (Mallard, DocBook 5, any XML vocabulary without a prolog)?  1: XML,
+ * 2: an XHTML element (read as HTML), 0: no. */
+static int xml_root_with_namespace(const char *p, size_t n)
+{
+    size_t i = 0;
+    for (;;) {
+        while (i < n && is_ws((unsigned char)p[i]))
+            i++;
+        if (n - i >= 4 && !memcmp(p + i, "<!--", 4)) {
+            size_t j = i + 4;
+            while (j + 3 <= n && memcmp(p + j, "-->", 3))
+                j++;
+            if (j + 3 > n)
+                return 0;
+            i = j + 3;
+            continue;
+        }
+        break;
+    }
+    if (i >= n || p[i] != '<')
+        return 0;
+    size_t j = i + 1;
+    if (j >= n || !((p[j] >= 'a' && p[j] <= 'z') || (p[j] >= 'A' && p[j] <= 'Z') || p[j] == '_'))
+        return 0;
+    if (ieq_prefix(p + j, n - j, "html"))
+        return 0;
+    size_t end = j; /* the start tag */
+    while (end < n && p[end] != '>')
+        end++;
+    if (!icontains(p + j, end - j, "xmlns=") && !icontains(p + j, end - j, "xmlns:"))
+        return 0;
+    return icontains(p + j, end - j, "www.w3.org/1999/xhtml") ? 2 : 1;
 }
 
 int rag_ingest__detect(const char *mime, const void *data, size_t size, const char *uri,
@@ -275,10 +343,11 @@ int rag_ingest__detect(const char *mime, const void *data, size_t size, const ch
         return RAG_OK;
     }
 
-    /* Binary formats we do not read: say so rather than failing later on UTF-8. */
+    /* Order: the caller's type (above), then magic bytes, then the extension.
+     * Binary formats we do not read: say so rather than failing later on UTF-8. */
     size_t probe = size < 8192 ? size : 8192;
-    if (memchr(s, 0, probe) || (size >= 5 && !memcmp(s, "%PDF-", 5)) ||
-        (size >= 4 && !memcmp(s, "PK\x03\x04", 4)) || (size >= 2 && !memcmp(s, "\x1f\x8b", 2)))
+    if (binary_magic((const unsigned char *)s, size) ||
+        looks_binary((const unsigned char *)s, probe))
         return rag_error_set(RAG_EUNSUPPORTED, "binary content (no MIME type given)");
 
     size_t i = 0;
@@ -289,10 +358,15 @@ int rag_ingest__detect(const char *mime, const void *data, size_t size, const ch
     const char *p = s + i;
     size_t rest = size - i;
     size_t head = rest < 1024 ? rest : 1024;
+    int xr;
     if (ieq_prefix(p, rest, "<!doctype html") || ieq_prefix(p, rest, "<html"))
         fmt = RAG_FMT_HTML;
     else if (ieq_prefix(p, rest, "<?xml"))
         fmt = icontains(p, head, "<html") ? RAG_FMT_HTML : RAG_FMT_XML;
+    else if (ieq_prefix(p, rest, "<!doctype ")) /* DocBook and other XML with a DTD */
+        fmt = RAG_FMT_XML;
+    else if ((xr = xml_root_with_namespace(p, head)) != 0)
+        fmt = xr == 2 ? RAG_FMT_HTML : RAG_FMT_XML;
     else if (fmt_from_ext(uri, &fmt) || fmt_from_ext(doc_id, &fmt))
         ;
     else if (rest && p[0] == '<' &&

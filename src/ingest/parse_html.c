@@ -1,16 +1,23 @@
 /*
- * HTML and XML through libxml2, hardened: no network, no external entities (a loader that
- * refuses everything, because XML_PARSE_NONET alone does not block file://), no DTD loading,
- * no entity substitution, no XInclude, never XML_PARSE_HUGE; parser messages go to our
- * handler instead of stderr.
+ * HTML through libxml2's HTML parser, hardened as described in parse_xml.c (which owns the
+ * shared plumbing: the refusing entity loader and the error capture): no network, nothing
+ * loaded from outside the document, never HTML_PARSE_HUGE, parser messages kept for
+ * rag_error_last() instead of stderr.
  *
- * Visible text is extracted with an iterative tree walk (no recursion: a 10,000-deep page
- * must not overflow the stack).  When the page has a main-content container (<main>,
- * [role=main], Sphinx's div.body / div.document) only that is read, so site navigation does
- * not pollute every chunk.
+ * The parser runs in recovery mode: tag soup, truncated documents (cut inside a tag, an
+ * attribute or a comment) and stray bytes give the text that could be read.  Only a fatal
+ * error fails the document with RAG_EPARSE: it means the parser halted (libxml2 stops at a
+ * nesting depth of 256 without HUGE; out of memory), and reading the half-built tree would
+ * silently drop the rest of the document.
+ *
+ * Visible text is extracted with an iterative tree walk (no recursion: depth costs heap, not
+ * C stack).  When the page has a main-content container (<main>, [role=main], Sphinx's
+ * div.body / div.document) only that is read, so site navigation does not pollute every
+ * chunk.  XHTML read by the XML parser (parse_xml.c) comes through the same walker; its
+ * references to entities it does not declare (&nbsp; with an unloaded DTD) become the HTML
+ * character, declared entities are never expanded.
  */
 #include <limits.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,86 +25,8 @@
 
 #include <libxml/HTMLparser.h>
 #include <libxml/parser.h>
-#include <libxml/xmlerror.h>
 
 #include "ingest_internal.h"
-
-/* ---- process-wide hardening ----------------------------------------------------------- */
-
-static xmlParserInputPtr refuse_entity_loader(const char *url, const char *id,
-                                              xmlParserCtxtPtr ctxt)
-{
-    (void)url;
-    (void)id;
-    (void)ctxt;
-    return NULL; /* documents never load anything from outside themselves */
-}
-
-static pthread_once_t xml_once = PTHREAD_ONCE_INIT;
-
-static void xml_init_once(void)
-{
-    xmlInitParser();
-    xmlSetExternalEntityLoader(refuse_entity_loader);
-}
-
-void rag_ingest__xml_init(void) { pthread_once(&xml_once, xml_init_once); }
-
-/* ---- error capture -------------------------------------------------------------------- */
-
-typedef struct xml_errors {
-    int fatal;
-    char first[200];
-} xml_errors;
-
-static void on_structured_error(void *ctx, xmlErrorPtr err)
-{
-    xml_errors *e = ctx;
-    if (!e || !err)
-        return;
-    if (err->level == XML_ERR_FATAL && !e->fatal) {
-        e->fatal = 1;
-        const char *msg = err->message ? err->message : "parse error";
-        size_t n = strcspn(msg, "\n");
-        snprintf(e->first, sizeof e->first, "line %d: %.*s", err->line, (int)n, msg);
-    }
-}
-
-static void on_generic_error(void *ctx, const char *fmt, ...)
-{
-    (void)ctx;
-    (void)fmt;
-}
-
-/*
- * libxml2 2.9 has no per-context error setter (xmlCtxtSetErrorHandler came in 2.13), and
- * the HTML context's SAX block is not SAX2-initialised, so its `serror` slot is ignored.
- * The structured and generic handlers are thread-local in a threaded libxml2: set them
- * around the parse and restore what the host had.
- */
-typedef struct xml_guard {
-    xmlStructuredErrorFunc serror;
-    void *serror_ctx;
-    xmlGenericErrorFunc gerror;
-    void *gerror_ctx;
-} xml_guard;
-
-static void guard_enter(xml_guard *g, xml_errors *errs)
-{
-    rag_ingest__xml_init();
-    g->serror = xmlStructuredError;
-    g->serror_ctx = xmlStructuredErrorContext;
-    g->gerror = xmlGenericError;
-    g->gerror_ctx = xmlGenericErrorContext;
-    xmlSetStructuredErrorFunc(errs, on_structured_error);
-    xmlSetGenericErrorFunc(NULL, on_generic_error);
-}
-
-static void guard_leave(const xml_guard *g)
-{
-    xmlSetStructuredErrorFunc(g->serror_ctx, g->serror);
-    xmlSetGenericErrorFunc(g->gerror_ctx, g->gerror);
-}
 
 /* ---- element classification ---------------------------------------------------------- */
 
@@ -186,7 +115,6 @@ static int heading_level(const xmlNode *n)
 typedef struct walker {
     rag_ingest_parsed *out;
     rag_ingest_textbuf tb;
-    int generic_xml;  /* not (X)HTML: every element is a block */
     int skip_header;  /* no main container: a page-level <header> is chrome */
     int in_pre;       /* depth of <pre> */
     int heading;      /* level of the heading being read, 0 if none */
@@ -220,8 +148,6 @@ static void block_break(walker *w)
 
 static int is_skipped(const walker *w, const xmlNode *n)
 {
-    if (w->generic_xml)
-        return 0;
     if (name_in(n, SKIP_ELEMENTS))
         return 1;
     if (w->skip_header && !w->in_article && name_is(n, "header"))
@@ -249,25 +175,23 @@ static int enter(walker *w, xmlNode *n)
                 rag_ingest__tb_collapse(&w->tb, (const char *)n->content, len);
         }
         return 0;
+    case XML_ENTITY_REF_NODE: { /* only in XHTML read by the XML parser */
+        char ent[8];
+        size_t en = rag_ingest__xml_entity_char(n, ent);
+        if (en)
+            rag_ingest__tb_raw(&w->tb, ent, en);
+        return 0; /* a declared entity is never expanded */
+    }
     case XML_ELEMENT_NODE:
         break;
     case XML_DOCUMENT_NODE:
     case XML_HTML_DOCUMENT_NODE:
         return 1;
     default:
-        return 0; /* comments, PIs, unsubstituted entity references, DTD nodes */
+        return 0; /* comments, PIs, DTD nodes */
     }
     if (is_skipped(w, n))
         return 0;
-    if (w->generic_xml) {
-        if (name_is(n, "title") && !w->heading) {
-            flush(w, RAG_BLOCK_PARA, 0);
-            w->heading = 1;
-        } else {
-            block_break(w);
-        }
-        return 1;
-    }
     int level = heading_level(n);
     if (level && !w->heading && !w->in_pre) {
         flush(w, RAG_BLOCK_PARA, 0);
@@ -290,15 +214,6 @@ static void leave(walker *w, xmlNode *n)
 {
     if (n->type != XML_ELEMENT_NODE)
         return;
-    if (w->generic_xml) {
-        if (name_is(n, "title") && w->heading) {
-            flush(w, RAG_BLOCK_HEADING, 1);
-            w->heading = 0;
-        } else {
-            block_break(w);
-        }
-        return;
-    }
     int level = heading_level(n);
     if (level && w->heading == level) {
         flush(w, RAG_BLOCK_HEADING, level);
@@ -378,6 +293,31 @@ static int is_div_document(const xmlNode *n)
 static int is_body(const xmlNode *n) { return name_is(n, "body"); }
 static int is_head(const xmlNode *n) { return name_is(n, "head"); }
 
+/* Text of `root`'s subtree, iteratively, without expanding entity references (unlike
+ * xmlNodeGetContent, which would read a declared entity's content, and recurses to do so). */
+static void subtree_text(xmlNode *root, rag_ingest_textbuf *tb)
+{
+    xmlNode *n = root->children;
+    while (n) {
+        if ((n->type == XML_TEXT_NODE || n->type == XML_CDATA_SECTION_NODE) && n->content) {
+            rag_ingest__tb_collapse(tb, (const char *)n->content, strlen((const char *)n->content));
+        } else if (n->type == XML_ENTITY_REF_NODE) {
+            char ent[8];
+            size_t en = rag_ingest__xml_entity_char(n, ent);
+            if (en)
+                rag_ingest__tb_raw(tb, ent, en);
+        } else if (n->type == XML_ELEMENT_NODE && n->children) {
+            n = n->children;
+            continue;
+        }
+        while (n != root && !n->next)
+            n = n->parent;
+        if (n == root)
+            return;
+        n = n->next;
+    }
+}
+
 /* The document's <title> (in <head>; an <svg> may carry titles of its own elsewhere). */
 static int read_title(xmlNode *root, rag_ingest_parsed *out)
 {
@@ -385,38 +325,37 @@ static int read_title(xmlNode *root, rag_ingest_parsed *out)
     for (xmlNode *c = head ? head->children : NULL; c; c = c->next) {
         if (c->type != XML_ELEMENT_NODE || !name_is(c, "title"))
             continue;
-        xmlChar *t = xmlNodeGetContent(c);
-        if (!t)
-            return rag_error_set(RAG_ENOMEM, "out of memory reading <title>");
-        out->title = rag_strdup((const char *)t);
-        xmlFree(t);
-        if (!out->title)
-            return rag_error_set(RAG_ENOMEM, "out of memory reading <title>");
-        break;
+        rag_ingest_textbuf tb;
+        rag_ingest__tb_init(&tb);
+        subtree_text(c, &tb);
+        int rc = RAG_OK;
+        if (tb.err)
+            rc = rag_error_set(RAG_ENOMEM, "out of memory reading <title>");
+        else if (tb.len)
+            out->title = tb.data, tb.data = NULL;
+        rag_ingest__tb_free(&tb);
+        return rc;
     }
     return RAG_OK;
 }
 
-static int extract(xmlDoc *doc, int generic_xml, rag_ingest_parsed *out)
+int rag_ingest__html_extract(struct _xmlDoc *doc, rag_ingest_parsed *out)
 {
     walker w;
     memset(&w, 0, sizeof w);
     w.out = out;
     rag_ingest__tb_init(&w.tb);
-    w.generic_xml = generic_xml;
     xmlNode *root = (xmlNode *)doc;
     xmlNode *start = NULL;
-    if (!generic_xml) {
-        int rc = read_title(root, out);
-        if (rc)
-            return rc;
-        static const node_pred order[] = {is_main, is_role_main, is_div_body, is_div_document};
-        for (size_t i = 0; i < sizeof order / sizeof order[0] && !start; i++)
-            start = find_first(root, order[i]);
-        if (!start) {
-            w.skip_header = 1;
-            start = find_first(root, is_body);
-        }
+    int rc = read_title(root, out);
+    if (rc)
+        return rc;
+    static const node_pred order[] = {is_main, is_role_main, is_div_body, is_div_document};
+    for (size_t i = 0; i < sizeof order / sizeof order[0] && !start; i++)
+        start = find_first(root, order[i]);
+    if (!start) {
+        w.skip_header = 1;
+        start = find_first(root, is_body);
     }
     if (!start)
         start = root;
@@ -430,48 +369,26 @@ int rag_ingest__parse_html(const char *s, size_t len, rag_ingest_parsed *out)
     if (len > INT_MAX)
         return rag_error_set(RAG_ETOOBIG, "HTML document of %zu bytes exceeds the parser limit",
                              len);
-    xml_errors errs;
-    memset(&errs, 0, sizeof errs);
-    xml_guard g;
-    guard_enter(&g, &errs);
+    size_t i = 0;
+    while (i < len && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r' || s[i] == '\f'))
+        i++;
+    if (i == len)
+        return RAG_OK; /* no text: the caller reports an empty document */
+    rag_ingest_xml_session xs;
+    rag_ingest__xml_enter(&xs);
     /* The bytes were validated (or repaired) as UTF-8 already: say so, so that a <meta
      * charset> naming another encoding cannot turn them into mojibake. */
     htmlDocPtr doc = htmlReadMemory(s, (int)len, NULL, "UTF-8",
                                     HTML_PARSE_NONET | HTML_PARSE_NOERROR |
                                         HTML_PARSE_NOWARNING | HTML_PARSE_RECOVER |
                                         HTML_PARSE_NOBLANKS);
-    guard_leave(&g);
-    if (!doc)
-        return rag_error_set(RAG_EPARSE, "HTML could not be parsed%s%s", errs.fatal ? ": " : "",
-                             errs.first);
-    int rc = extract(doc, 0, out);
-    xmlFreeDoc(doc);
-    return rc;
-}
-
-int rag_ingest__parse_xml(const char *s, size_t len, rag_ingest_parsed *out)
-{
-    if (len > INT_MAX)
-        return rag_error_set(RAG_ETOOBIG, "XML document of %zu bytes exceeds the parser limit",
-                             len);
-    xml_errors errs;
-    memset(&errs, 0, sizeof errs);
-    xml_guard g;
-    guard_enter(&g, &errs);
-    /* No NOENT (entities stay references and are skipped), no DTDLOAD/DTDATTR/DTDVALID, no
-     * XINCLUDE, no HUGE (keeps libxml2's depth and size limits). */
-    xmlDocPtr doc = xmlReadMemory(s, (int)len, NULL, "UTF-8",
-                                  XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING |
-                                      XML_PARSE_NOCDATA);
-    guard_leave(&g);
-    if (!doc || errs.fatal) {
+    rag_ingest__xml_leave(&xs);
+    if (!doc || xs.fatal) {
         xmlFreeDoc(doc);
-        return rag_error_set(RAG_EPARSE, "XML is not well-formed%s%s", errs.fatal ? ": " : "",
-                             errs.first);
+        return rag_error_set(RAG_EPARSE, "HTML could not be parsed%s%s", xs.fatal ? ": " : "",
+                             xs.fatal ? xs.first : "");
     }
-    xmlNode *root = xmlDocGetRootElement(doc);
-    int generic = !(root && root->name && !strcasecmp((const char *)root->name, "html"));
-    int rc = extract(doc, generic, out);
+    int rc = rag_ingest__html_extract(doc, out);
     xmlFreeDoc(doc);
     return rc;
 }

@@ -2,6 +2,13 @@
  * Markdown through md4c: the text of the blocks, headings kept as structure hints for the
  * chunker, code blocks kept verbatim (they are often what a reader searches for), raw HTML
  * dropped (markup, not prose).
+ *
+ * Hostile input: md4c keeps its own heap stacks (100,000 nested quotes or lists are fine)
+ * and is linear on the pathological cases we tried; but md4c 0.4.8 reads past the end of a
+ * document that does not end in a newline (an unfinished link "[l](http://x" at the end
+ * makes it look at the byte after the buffer, and even emit text from there).  Such a
+ * document is parsed from a copy with the newline added, which changes nothing in its
+ * Markdown meaning.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -175,8 +182,8 @@ static int md_text(MD_TEXTTYPE type, const MD_CHAR *text, MD_SIZE size, void *ud
         return 0;
     switch (type) {
     case MD_TEXT_NULLCHAR:
-        rag_ingest__tb_raw(&st->tb, "\xEF\xBF\xBD", 3);
-        break;
+        break; /* dropped, like every control character in the other formats (not U+FFFD:
+                * a run of NULs must not become indexable text) */
     case MD_TEXT_BR:
     case MD_TEXT_SOFTBR:
         if (st->in_code)
@@ -205,7 +212,7 @@ static int md_text(MD_TEXTTYPE type, const MD_CHAR *text, MD_SIZE size, void *ud
 
 int rag_ingest__parse_markdown(const char *s, size_t len, rag_ingest_parsed *out)
 {
-    if (len > (MD_SIZE)-1)
+    if (len >= (MD_SIZE)-1) /* room for the newline below */
         return rag_error_set(RAG_ETOOBIG, "Markdown document too large for the parser");
     md_state st;
     memset(&st, 0, sizeof st);
@@ -221,7 +228,21 @@ int rag_ingest__parse_markdown(const char *s, size_t len, rag_ingest_parsed *out
     p.enter_span = md_enter_span;
     p.leave_span = md_leave_span;
     p.text = md_text;
+    char *copy = NULL;
+    if (len && s[len - 1] != '\n') {
+        copy = malloc(len + 2);
+        if (!copy) {
+            rag_ingest__tb_free(&st.tb);
+            return rag_error_set(RAG_ENOMEM, "out of memory parsing Markdown");
+        }
+        memcpy(copy, s, len);
+        copy[len] = '\n';
+        copy[len + 1] = 0;
+        s = copy;
+        len++;
+    }
     int mrc = md_parse(s, (MD_SIZE)len, &p, &st);
+    free(copy);
     if (!st.rc && mrc == 0)
         md_flush(&st, RAG_BLOCK_PARA, 0);
     rag_ingest__tb_free(&st.tb);
