@@ -27,7 +27,7 @@ extern "C" {
 /** Opaque handle on one root directory. */
 typedef struct rag_ctx rag_ctx;
 
-#define RAG_OPTIONS_VERSION 2u
+#define RAG_OPTIONS_VERSION 3u
 
 /** Longest document id in bytes (excluding NUL). */
 #define RAG_DOC_ID_MAX 256
@@ -65,9 +65,17 @@ typedef struct rag_options {
     /** A document version (or delete) not confirmed by the index within this many ms is
      *  reported by rag_fsck() as a stuck saga [600000 = 10 min]. */
     unsigned int saga_deadline_ms;
+    /* ---- version 3 ---- */
+    /** BM25 term-frequency saturation k1 of the lexical side [0.9]; 0: the default. */
+    float bm25_k1;
+    /** BM25 length normalisation b, 0..1 [0.4]; a negative value means 0. */
+    float bm25_b;
+    /** Weight of the lexical side in hybrid search, 0..1: score = w * lexical / max lexical
+     *  + (1 - w) * vector / max vector [0.8]; 0: the default, a negative value means 0. */
+    float hybrid_lexical_weight;
 } rag_options;
 
-#define RAG_OPTIONS_INIT {RAG_OPTIONS_VERSION, NULL, NULL, 0u, NULL, 0, 0, 0, 0, 0, 0, 0u, 0u, 0u, 0u, 0u, 0, NULL, 0u, 0u}
+#define RAG_OPTIONS_INIT {RAG_OPTIONS_VERSION, NULL, NULL, 0u, NULL, 0, 0, 0, 0, 0, 0, 0u, 0u, 0u, 0u, 0u, 0, NULL, 0u, 0u, 0.0f, 0.0f, 0.0f}
 
 /**
  * Fill `opts` with defaults.
@@ -166,13 +174,22 @@ RAG_API int rag_doc_delete(rag_ctx *ctx, const char *doc_id);
 
 /** Search modes. */
 typedef enum rag_search_mode {
-    RAG_MODE_DEFAULT = 0, /**< the best mode this build offers */
+    RAG_MODE_DEFAULT = 0, /**< hybrid */
     RAG_MODE_VECTOR = 1,  /**< dense vectors only */
     RAG_MODE_LEXICAL = 2, /**< BM25 only */
-    RAG_MODE_HYBRID = 3   /**< fusion of both */
+    RAG_MODE_HYBRID = 3   /**< convex combination of both (see rag_options.hybrid_lexical_weight) */
 } rag_search_mode;
 
-#define RAG_QUERY_VERSION 1u
+/** Read consistency of a search. */
+typedef enum rag_consistency {
+    /** Search what the index has applied now [default]. */
+    RAG_CONSISTENCY_EVENTUAL = 0,
+    /** First wait (up to the query's `timeout_ms`) until the index has applied every put and
+     *  delete made through this handle, so a caller reads its own writes. */
+    RAG_CONSISTENCY_SESSION = 1
+} rag_consistency;
+
+#define RAG_QUERY_VERSION 2u
 
 /** A query.  Initialise with ::RAG_QUERY_INIT. */
 typedef struct rag_query {
@@ -185,9 +202,13 @@ typedef struct rag_query {
      *  `principals`. */
     int unrestricted;
     rag_search_mode mode;
+    /* ---- version 2 ---- */
+    rag_consistency consistency;
+    /** Bound of the session wait in ms [5000]; ::RAG_ETIMEOUT when it runs out. */
+    uint32_t timeout_ms;
 } rag_query;
 
-#define RAG_QUERY_INIT {RAG_QUERY_VERSION, NULL, 10, NULL, 0, 0, RAG_MODE_DEFAULT}
+#define RAG_QUERY_INIT {RAG_QUERY_VERSION, NULL, 10, NULL, 0, 0, RAG_MODE_DEFAULT, RAG_CONSISTENCY_EVENTUAL, 0u}
 
 /** One hit.  Strings are owned by the enclosing ::rag_results. */
 typedef struct rag_result {
@@ -222,7 +243,10 @@ typedef enum rag_prompt_format {
     RAG_PROMPT_JSON = 1  /**< JSON array of chat messages [{"role":..,"content":..}, ...] */
 } rag_prompt_format;
 
-#define RAG_ASSEMBLE_VERSION 1u
+#define RAG_ASSEMBLE_VERSION 2u
+
+/** A token counter for rag_assemble(): tokens of `len` bytes of UTF-8 at `text`. */
+typedef size_t (*rag_token_counter)(void *arg, const char *text, size_t len);
 
 typedef struct rag_assemble_opts {
     unsigned int version;        /**< ::RAG_ASSEMBLE_VERSION */
@@ -231,9 +255,14 @@ typedef struct rag_assemble_opts {
     /** Template with `{question}` and `{context}` placeholders; NULL: the built-in one. */
     const char *template_text;
     rag_prompt_format format;
+    /* ---- version 2 ---- */
+    /** Token counter (e.g. the model's tokenizer); NULL: the built-in estimate, one token per
+     *  4 bytes of UTF-8 rounded up. */
+    rag_token_counter count_tokens;
+    void *count_tokens_arg;
 } rag_assemble_opts;
 
-#define RAG_ASSEMBLE_INIT {RAG_ASSEMBLE_VERSION, NULL, 2048, NULL, RAG_PROMPT_TEXT}
+#define RAG_ASSEMBLE_INIT {RAG_ASSEMBLE_VERSION, NULL, 2048, NULL, RAG_PROMPT_TEXT, NULL, NULL}
 
 /**
  * Build a prompt from search results within a token budget (token estimate: one token per
@@ -255,7 +284,7 @@ typedef struct rag_status_queue {
     uint64_t inflight;
 } rag_status_queue;
 
-#define RAG_STATUS_VERSION 2u
+#define RAG_STATUS_VERSION 3u
 
 typedef struct rag_status_info {
     unsigned int version;  /**< set by the caller to ::RAG_STATUS_VERSION */
@@ -272,6 +301,9 @@ typedef struct rag_status_info {
     uint64_t sagas_failed;      /**< documents whose newest version failed and was compensated
                                      (an older version, if any, stays searchable) */
     uint64_t sagas_compensating;/**< failed versions whose compensation has not finished */
+    /* ---- version 3 (filled only when the caller set version >= 3) ---- */
+    uint64_t cache_hits;        /**< searches answered from the result cache since open */
+    uint64_t cache_misses;      /**< searches that ran against the index since open */
 } rag_status_info;
 
 /**

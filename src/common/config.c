@@ -40,6 +40,19 @@ int rag_config_init(rag_config *cfg, const char *root, const rag_options *opts)
     /* version-2 fields exist only in callers built against version 2 */
     cfg->idempotency_ttl_ms = 1000ull * (opts->version >= 2 ? DEF(idempotency_ttl_s, 86400u) : 86400u);
     cfg->saga_deadline_ms = opts->version >= 2 ? DEF(saga_deadline_ms, 600000u) : 600000u;
+    /* version-3 fields */
+    cfg->bm25_k1 = 0.9f;
+    cfg->bm25_b = 0.4f;
+    cfg->hybrid_lexical_weight = 0.8f;
+    if (opts->version >= 3) {
+        if (opts->bm25_k1 > 0)
+            cfg->bm25_k1 = opts->bm25_k1;
+        if (opts->bm25_b != 0)
+            cfg->bm25_b = opts->bm25_b < 0 ? 0.0f : opts->bm25_b;
+        if (opts->hybrid_lexical_weight != 0)
+            cfg->hybrid_lexical_weight =
+                opts->hybrid_lexical_weight < 0 ? 0.0f : opts->hybrid_lexical_weight;
+    }
 #undef DEF
     if (cfg->embed_dim < 8 || cfg->embed_dim > 4096)
         return rag_error_set(RAG_EINVAL, "embed_dim %u outside 8..4096", cfg->embed_dim);
@@ -52,6 +65,10 @@ int rag_config_init(rag_config *cfg, const char *root, const rag_options *opts)
         return rag_error_set(RAG_EINVAL, "map_size_mb must be at least 16");
     if (cfg->batch_size > 100000 || cfg->max_attempts > 1000)
         return rag_error_set(RAG_EINVAL, "batch_size or max_attempts out of range");
+    if (!(cfg->bm25_k1 > 0 && cfg->bm25_k1 <= 10) || !(cfg->bm25_b >= 0 && cfg->bm25_b <= 1) ||
+        !(cfg->hybrid_lexical_weight >= 0 && cfg->hybrid_lexical_weight <= 1))
+        return rag_error_set(RAG_EINVAL, "bm25_k1 must be in (0, 10], bm25_b and "
+                                         "hybrid_lexical_weight in [0, 1]");
     return RAG_OK;
 }
 

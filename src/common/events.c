@@ -167,12 +167,17 @@ void rag_ev_chunked_clear(rag_ev_chunked *ev)
     memset(ev, 0, sizeof *ev);
 }
 
+/* doc.embedded format 2 adds the document title (for the index's lexical side) after the ACL;
+ * format 1 messages, still queued in older roots, decode with an empty title. */
+#define EV_EMBEDDED_FORMAT 2
+
 int rag_ev_embedded_encode(const rag_ev_embedded *ev, rag_wbuf *b)
 {
-    rag_wbuf_u8(b, EV_FORMAT);
+    rag_wbuf_u8(b, EV_EMBEDDED_FORMAT);
     rag_wbuf_cstr(b, ev->doc_id);
     rag_wbuf_u64(b, ev->version);
     put_acl(b, ev->acl, ev->acl_count);
+    rag_wbuf_cstr(b, ev->title ? ev->title : "");
     rag_wbuf_u32(b, ev->dim);
     rag_wbuf_u32(b, (uint32_t)ev->vector_count);
     for (size_t i = 0; i < ev->vector_count; i++) {
@@ -191,14 +196,15 @@ int rag_ev_embedded_decode(const void *data, size_t len, rag_ev_embedded *ev)
     rag_rbuf r;
     memset(ev, 0, sizeof *ev);
     rag_rbuf_init(&r, data, len);
-    int rc = check_format(&r, "doc.embedded");
-    if (rc)
-        return rc;
+    uint8_t format = rag_rbuf_u8(&r);
+    if (r.err || (format != EV_FORMAT && format != EV_EMBEDDED_FORMAT))
+        return rag_error_set(RAG_ECORRUPT, "doc.embedded event: unknown format %u", format);
     ev->doc_id = rag_rbuf_str(&r, NULL);
     ev->version = rag_rbuf_u64(&r);
-    rc = get_acl(&r, &ev->acl, &ev->acl_count);
+    int rc = get_acl(&r, &ev->acl, &ev->acl_count);
     if (rc)
         goto fail;
+    ev->title = format >= EV_EMBEDDED_FORMAT ? rag_rbuf_str(&r, NULL) : "";
     ev->dim = rag_rbuf_u32(&r);
     uint32_t n = rag_rbuf_u32(&r);
     if (r.err || ev->dim == 0 || ev->dim > 65536 || n > len) {
@@ -358,9 +364,10 @@ int rag_ev_peek(const char *topic, const void *data, size_t len, const char **do
     (void)topic;
     rag_rbuf r;
     rag_rbuf_init(&r, data, len);
-    int rc = check_format(&r, topic ? topic : "event");
-    if (rc)
-        return rc;
+    uint8_t format = rag_rbuf_u8(&r);
+    if (r.err || (format != EV_FORMAT && format != EV_EMBEDDED_FORMAT))
+        return rag_error_set(RAG_ECORRUPT, "%s: unknown event format %u",
+                             topic ? topic : "event", format);
     const char *id = rag_rbuf_str(&r, NULL);
     uint64_t v = rag_rbuf_u64(&r);
     if (r.err || !*id)

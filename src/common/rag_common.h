@@ -44,6 +44,8 @@ typedef struct rag_config {
     unsigned int max_attempts, retry_base_ms, retry_cap_ms, lease_ms, batch_size;
     uint64_t idempotency_ttl_ms;
     uint64_t saga_deadline_ms;
+    float bm25_k1, bm25_b;          /* lexical side */
+    float hybrid_lexical_weight;    /* retrieve's fusion */
 } rag_config;
 
 /* Resolve defaults and validate. `opts` may be NULL. */

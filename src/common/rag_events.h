@@ -90,6 +90,7 @@ typedef struct rag_ev_embedded {
     uint64_t version;
     size_t acl_count;
     const char **acl;
+    const char *title;     /* document title, indexed by the lexical side with every chunk */
     uint32_t dim;
     size_t vector_count;
     rag_ev_vector *vectors; /* allocated; each ->vector allocated */

@@ -10,7 +10,7 @@
 
 #include "ragcore/rag.h"
 
-#define RAG_READER_VERSION 1u
+#define RAG_READER_VERSION 2u
 
 /* What ingest says about a document (borrowed pointers valid until reader end()). */
 typedef struct rag_doc_view {
@@ -60,6 +60,14 @@ typedef struct rag_index_reader {
                   rag_index_hit *hits, size_t *n_hits);
     /* Epoch: increments with every committed index change. */
     int (*epoch)(void *self, uint64_t *out);
+    /* BM25 top-k over the lexical side (terms of each chunk's text plus its document's title:
+     * NFKC casefold, stopwords dropped, Snowball English stems), among the labels `filter`
+     * allows, best first.  Same consistency as search(): the lexical side changes with the
+     * vectors, in the same transactions and under the same lock, so both sides always agree
+     * on a document's active version.  `query` is UTF-8 (NFC) of `len` bytes; a query with
+     * no indexable term gives 0 hits. */
+    int (*search_lexical)(void *self, const char *query, size_t len, size_t k,
+                          const rag_acl_filter *filter, rag_index_hit *hits, size_t *n_hits);
 } rag_index_reader;
 
 #endif

@@ -352,6 +352,7 @@ static int embed_handle(void *self, MDB_txn *txn, const rag_queue_message *msg)
     out.version = w.ev.version;
     out.acl_count = w.ev.acl_count;
     out.acl = w.ev.acl;
+    out.title = w.ev.title;
     out.dim = dim;
     out.vector_count = n;
     out.vectors = w.out_vecs;

@@ -25,6 +25,13 @@ rag_consumer *rag_index_consumer_revert(rag_index *ix);
 rag_outbox *rag_index_outbox(rag_index *ix);
 MDB_env *rag_index_env(rag_index *ix);
 
+/* Session consistency: *applied = 1 when searches already reflect version `version` of
+ * `doc_id` or something newer — the active version is >= it, or a delete covering it was
+ * applied — i.e. the change is committed AND applied to the backend and view, not only
+ * committed in LMDB.  0 otherwise (not yet there, or never coming: see ingest's version
+ * state). */
+int rag_index_applied(rag_index *ix, const char *doc_id, uint64_t version, int *applied);
+
 /* Write a snapshot now (temp file, fsync, rename, fsync dir) and record its log sequence. */
 int rag_index_snapshot(rag_index *ix);
 
