@@ -185,7 +185,12 @@ typedef enum rag_consistency {
     /** Search what the index has applied now [default]. */
     RAG_CONSISTENCY_EVENTUAL = 0,
     /** First wait (up to the query's `timeout_ms`) until the index has applied every put and
-     *  delete made through this handle, so a caller reads its own writes. */
+     *  delete made through this handle before the call, so a caller reads its own writes.
+     *  A version that failed for good (e.g. ::RAG_EPROVIDER, its saga compensated) is not
+     *  waited for: the previous version is what the search then returns.  Someone must be
+     *  moving the pipeline: rag_start() workers, or rag_drain() on another thread; otherwise
+     *  the wait ends in ::RAG_ETIMEOUT (call rag_drain() first when running without
+     *  workers). */
     RAG_CONSISTENCY_SESSION = 1
 } rag_consistency;
 
@@ -204,7 +209,8 @@ typedef struct rag_query {
     rag_search_mode mode;
     /* ---- version 2 ---- */
     rag_consistency consistency;
-    /** Bound of the session wait in ms [5000]; ::RAG_ETIMEOUT when it runs out. */
+    /** Bound of the session wait in ms [5000]; ::RAG_ETIMEOUT when it runs out.  Unused for
+     *  ::RAG_CONSISTENCY_EVENTUAL. */
     uint32_t timeout_ms;
 } rag_query;
 
@@ -227,10 +233,14 @@ typedef struct rag_results {
 } rag_results;
 
 /**
- * Search.
+ * Search.  Hybrid by default: BM25 and vector candidates, each side's scores divided by its
+ * best, combined as w * lexical + (1 - w) * vector (w = rag_options.hybrid_lexical_weight);
+ * scores of RAG_MODE_LEXICAL are raw BM25, of RAG_MODE_VECTOR inner products.
+ * Version-1 queries (no `consistency` field) are eventual.
  * @param[out] out results, best first; free with rag_results_free().
  * @return ::RAG_OK (possibly 0 results); ::RAG_EINVAL; ::RAG_EUNSUPPORTED mode not in this
- *         build; ::RAG_EPROVIDER; ::RAG_EINDEX; ::RAG_ESTORAGE.
+ *         build; ::RAG_ETIMEOUT a session wait ran out (detail names a pending document);
+ *         ::RAG_EPROVIDER; ::RAG_EINDEX; ::RAG_ESTORAGE.
  */
 RAG_API int rag_search(rag_ctx *ctx, const rag_query *query, rag_results **out);
 
@@ -251,13 +261,15 @@ typedef size_t (*rag_token_counter)(void *arg, const char *text, size_t len);
 typedef struct rag_assemble_opts {
     unsigned int version;        /**< ::RAG_ASSEMBLE_VERSION */
     const char *question;        /**< the user's question */
-    size_t token_budget;         /**< upper bound of the prompt's estimated tokens [2048] */
+    size_t token_budget;         /**< upper bound of the prompt's tokens [2048] */
     /** Template with `{question}` and `{context}` placeholders; NULL: the built-in one. */
     const char *template_text;
     rag_prompt_format format;
     /* ---- version 2 ---- */
     /** Token counter (e.g. the model's tokenizer); NULL: the built-in estimate, one token per
-     *  4 bytes of UTF-8 rounded up. */
+     *  4 bytes of UTF-8 rounded up.  Called many times per rag_assemble() on pieces and
+     *  prefixes of the prompt (always whole UTF-8 characters); it should count a longer text
+     *  no lower than its prefix. */
     rag_token_counter count_tokens;
     void *count_tokens_arg;
 } rag_assemble_opts;
@@ -265,8 +277,10 @@ typedef struct rag_assemble_opts {
 #define RAG_ASSEMBLE_INIT {RAG_ASSEMBLE_VERSION, NULL, 2048, NULL, RAG_PROMPT_TEXT, NULL, NULL}
 
 /**
- * Build a prompt from search results within a token budget (token estimate: one token per
- * 4 bytes of UTF-8, rounded up), with numbered citations `[n]` naming title and uri.
+ * Build a prompt from search results within a token budget, with numbered citations `[n]`
+ * naming title and uri.  Tokens of the returned prompt (for ::RAG_PROMPT_JSON, of the whole
+ * JSON text) are counted by `opts->count_tokens` when set, else estimated as one per 4 bytes
+ * of UTF-8, rounded up; either way that count is at most the budget.
  * Retrieved text is fenced and stripped of control characters.
  * @param[out] prompt_out NUL-terminated text; free with rag_free().
  * @return ::RAG_OK; ::RAG_EINVAL; ::RAG_ETOOBIG when not even the question fits the budget.

@@ -7,9 +7,11 @@
  *   2. neighbouring chunks of one doc/version (n, n+1, ...) merged into one block, the
  *      overlap between them (chunk_overlap) removed; a block ranks as its best member, and
  *      blocks keep the results' order (best first);
- *   3. blocks added greedily while the token estimate of the WHOLE output (template, question,
+ *   3. blocks added greedily while the token count of the WHOLE output (template, question,
  *      blocks, sources list, JSON escaping) stays within the budget; a block that does not fit
- *      is cut at a UTF-8 boundary when at least ~100 tokens remain, else skipped;
+ *      is cut at a UTF-8 boundary when at least ~100 tokens remain, else skipped.  Tokens are
+ *      counted by the caller's counter (rag_assemble_opts.count_tokens) applied to the
+ *      returned prompt, or estimated as one per 4 bytes of it;
  *   4. numbered citations [1], [2], ... in the order the blocks appear.
  *
  * Untrusted text: every retrieved text, title and uri goes through rag_assemble__sanitize()
@@ -463,6 +465,10 @@ out:
 
 typedef struct asm_ctx {
     rag_prompt_format fmt;
+    /* The caller's token counter (opts version >= 2), or NULL: then every measure below is
+     * in bytes of output and the budget is 4 bytes per token. */
+    rag_token_counter count;
+    void *count_arg;
     tmpl t;
     const char *question;
     size_t qlen;
@@ -489,9 +495,22 @@ static size_t json_esc_len(const char *s, size_t n)
     return t;
 }
 
+/* Cost of a piece of output, in the unit of the budget's limit: tokens by the caller's
+ * counter, else bytes as written (JSON-escaped in JSON format).  A counter is applied to the
+ * pieces' raw text, so the sum of pieces only approximates the count of the whole output
+ * (a tokenizer is not additive at the seams, and JSON escaping adds characters): the final
+ * output is counted again and trimmed (rag_assembler_build). */
 static size_t cost(const asm_ctx *c, const char *s, size_t n)
 {
+    if (c->count)
+        return n ? c->count(c->count_arg, s, n) : 0;
     return c->fmt == RAG_PROMPT_JSON ? json_esc_len(s, n) : n;
+}
+
+/* The measure of a whole rendered output against the limit. */
+static size_t measure(const asm_ctx *c, const char *out, size_t len)
+{
+    return c->count ? (len ? c->count(c->count_arg, out, len) : 0) : len;
 }
 
 static void put_block(rag_wbuf *w, size_t num, const block *b, int with_text)
@@ -611,13 +630,35 @@ static int render(const asm_ctx *c, const block *b, size_t nb, const char *empty
  * when one is near, so that a word is not split). */
 static size_t prefix_by_cost(const asm_ctx *c, const char *s, size_t len, size_t avail)
 {
-    size_t n = 0, spent = 0;
-    while (n < len) {
-        size_t one = cost(c, s + n, 1);
-        if (spent + one > avail)
-            break;
-        spent += one;
-        n++;
+    size_t n = 0;
+    if (c->count) {
+        /* A token count is not a sum over bytes: binary search over the UTF-8 boundaries for
+         * the longest prefix the counter puts within `avail` (counts grow with the prefix).
+         * Invariant: lo fits, the answer is in [lo, hi], both are boundaries. */
+        size_t lo = 0, hi = len;
+        while (lo < hi) {
+            size_t b = lo + (hi - lo + 1) / 2;
+            while (b < hi && ((unsigned char)s[b] & 0xC0) == 0x80)
+                b++;
+            if (c->count(c->count_arg, s, b) <= avail) {
+                lo = b;
+            } else {
+                size_t p = b - 1;
+                while (p > lo && ((unsigned char)s[p] & 0xC0) == 0x80)
+                    p--;
+                hi = p;
+            }
+        }
+        n = lo;
+    } else {
+        size_t spent = 0;
+        while (n < len) {
+            size_t one = cost(c, s + n, 1);
+            if (spent + one > avail)
+                break;
+            spent += one;
+            n++;
+        }
     }
     n = utf8_cut(s, len, n);
     for (size_t back = 0; back < 64 && back < n; back++)
@@ -634,7 +675,7 @@ static int choose_blocks(const asm_ctx *c, const block *blocks, size_t nb, size_
                          size_t base, block *sel, size_t *nsel_out)
 {
     const size_t n_ctx = c->t.n_ctx;
-    const size_t trunc_min = RAG_ASSEMBLE_TRUNCATE_MIN_TOKENS * 4;
+    const size_t trunc_min = RAG_ASSEMBLE_TRUNCATE_MIN_TOKENS * (c->count ? 1 : 4);
     const size_t ell = cost(c, ellipsis, strlen(ellipsis));
     size_t total = base, nsel = 0;
     rag_wbuf tmp;
@@ -708,12 +749,16 @@ int rag_assembler_build(rag_assembler *as, const rag_results *results,
     if (rag_utf8_check(opts->question, qlen, &bad) != RAG_OK)
         return rag_error_set(RAG_EUTF8, "question is not valid UTF-8 at byte offset %zu", bad);
     size_t budget = opts->token_budget ? opts->token_budget : RAG_ASSEMBLE_BUDGET_DEFAULT;
-    /* estimate(bytes) = ceil(bytes / 4) <= budget  <=>  bytes <= 4 * budget */
-    size_t limit = sat_mul(budget, 4);
-
     asm_ctx c;
     memset(&c, 0, sizeof c);
     c.fmt = opts->format;
+    if (opts->version >= 2) { /* version-1 callers' struct ends before the counter */
+        c.count = opts->count_tokens;
+        c.count_arg = opts->count_tokens_arg;
+    }
+    /* With a counter the limit is the budget itself; with the estimate,
+     * ceil(bytes / 4) <= budget  <=>  bytes <= 4 * budget. */
+    size_t limit = c.count ? budget : sat_mul(budget, 4);
     char *question = NULL, *tpl_owned = NULL, *out = NULL;
     block *blocks = NULL, *sel = NULL;
     size_t nb = 0, out_len = 0;
@@ -747,8 +792,10 @@ int rag_assembler_build(rag_assembler *as, const rag_results *results,
         c.slen = n;
     }
 
-    size_t base = 0;
-    rc = render(&c, NULL, 0, "", &out, &base);
+    size_t base = 0, base_len = 0;
+    rc = render(&c, NULL, 0, "", &out, &base_len);
+    if (!rc)
+        base = measure(&c, out, base_len);
     free(out);
     out = NULL;
     if (rc)
@@ -756,7 +803,7 @@ int rag_assembler_build(rag_assembler *as, const rag_results *results,
     if (base > limit) {
         rc = rag_error_set(RAG_ETOOBIG,
                            "template and question alone need ~%zu tokens; the budget is %zu",
-                           rag_assemble__estimate_tokens(base), budget);
+                           c.count ? base : rag_assemble__estimate_tokens(base), budget);
         goto done;
     }
     rc = make_blocks(results, &blocks, &nb);
@@ -774,12 +821,13 @@ int rag_assembler_build(rag_assembler *as, const rag_results *results,
             goto done;
     }
     /* Measure the real output; drop trailing blocks should the incremental estimate ever
-     * disagree with it (it is meant to be exact). */
+     * disagree with it (it is meant to be exact with the built-in estimate; a caller's
+     * counter may count the whole differently from the sum of its pieces). */
     for (;;) {
         rc = render(&c, sel, nsel, empty_context, &out, &out_len);
         if (rc)
             goto done;
-        if (out_len <= limit)
+        if (measure(&c, out, out_len) <= limit)
             break;
         free(out);
         out = NULL;

@@ -33,6 +33,37 @@ typedef struct rag_worker {
     pthread_t thread;
 } rag_worker;
 
+/* Session consistency (rag_query.consistency == RAG_CONSISTENCY_SESSION).  The handle keeps
+ * its own writes that are not yet known to be applied by the index: one entry per put
+ * version or delete (for a delete, the version it covered), appended after the write's
+ * commit, in order of a sequence number.  A session search waits until every entry older
+ * than the search is applied (rag_index_applied) or failed for good
+ * (rag_ingest_version_failed); settled entries are removed by whoever checks them.
+ * The list is bounded: a write that finds it full (even after the writer checked it) is not
+ * recorded but counted in `overflow_gen`, and a session search that sees an uncovered
+ * overflow waits instead for the whole pipeline to be quiet (every outbox and queue empty),
+ * which implies that every earlier write was applied or dead-lettered. */
+#define RAG_SESSION_MAX 4096u
+/* A writer that finds the list full checks it again only after this many more writes: with
+ * nothing moving (no workers) every write would otherwise scan the full list. */
+#define RAG_SESSION_PRUNE_EVERY (RAG_SESSION_MAX / 4u)
+
+typedef struct rag_session_entry {
+    char *doc_id;
+    uint64_t version;
+    uint64_t seq;
+} rag_session_entry;
+
+typedef struct rag_session {
+    pthread_mutex_t lock;
+    rag_session_entry *items; /* ascending seq */
+    size_t count, cap;
+    uint64_t next_seq;
+    uint64_t overflow_gen;   /* writes that were not recorded */
+    uint64_t quiet_gen;      /* overflow_gen values covered by a quiet pipeline */
+    uint64_t writes_since_prune;
+} rag_session;
+
 struct rag_ctx {
     rag_config cfg;
     int lock_fd;
@@ -58,6 +89,7 @@ struct rag_ctx {
     int started;
     atomic_int stopping;
     pthread_mutex_t pump_lock; /* one inline pump at a time */
+    rag_session session;
 };
 
 #endif

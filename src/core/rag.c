@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -77,6 +78,259 @@ static int root_format_check(rag_ctx *ctx)
     if (bad || rename(tmp, path) != 0)
         return rag_error_set(RAG_EIO, "cannot write %s: %s", path, strerror(errno));
     return RAG_OK;
+}
+
+/* ---- session consistency (see core_internal.h) ---------------------------------------------- */
+
+/* Default bound of a session wait when the query leaves timeout_ms at 0. */
+#define SESSION_TIMEOUT_DEFAULT_MS 5000u
+/* Poll interval of a session wait: starts short (the common case is one pipeline hop away)
+ * and doubles up to a cap, so a long wait costs little CPU. */
+#define SESSION_POLL_MIN_US 200u
+#define SESSION_POLL_MAX_US 5000u
+
+static void session_init(rag_session *s)
+{
+    memset(s, 0, sizeof *s);
+    pthread_mutex_init(&s->lock, NULL);
+    s->writes_since_prune = RAG_SESSION_PRUNE_EVERY; /* the first full list is checked */
+}
+
+static void session_destroy(rag_session *s)
+{
+    for (size_t i = 0; i < s->count; i++)
+        free(s->items[i].doc_id);
+    free(s->items);
+    pthread_mutex_destroy(&s->lock);
+}
+
+/* 0: appended; 1: no room (full, or out of memory: the caller counts an overflow). */
+static int session_append_locked(rag_session *s, const char *doc_id, uint64_t version)
+{
+    if (s->count >= RAG_SESSION_MAX)
+        return 1;
+    if (s->count == s->cap) {
+        size_t cap = s->cap ? s->cap * 2 : 64;
+        if (cap > RAG_SESSION_MAX)
+            cap = RAG_SESSION_MAX;
+        rag_session_entry *p = realloc(s->items, cap * sizeof *p);
+        if (!p)
+            return 1;
+        s->items = p;
+        s->cap = cap;
+    }
+    char *d = strdup(doc_id);
+    if (!d)
+        return 1;
+    s->items[s->count++] = (rag_session_entry){d, version, ++s->next_seq};
+    return 0;
+}
+
+typedef struct session_check {
+    uint64_t seq, version;
+    size_t name; /* offset in the names buffer */
+    int settled;
+} session_check;
+
+/*
+ * Check the entries with seq <= upto (a prefix: entries are in seq order) and remove those
+ * that are settled: applied by the index, or failed for good.  The checks run outside the
+ * lock (they read the index's and ingest's envs); writers append meanwhile, and entries
+ * another thread removed meanwhile are simply not found again.  With `stop_at_pending` the
+ * checks stop at the first entry still pending (a waiting search needs no more: entries
+ * settle about in order).  *left: entries with seq <= upto still listed; `pending_doc` gets
+ * the first one's id.
+ */
+static int session_settle(rag_ctx *ctx, uint64_t upto, int stop_at_pending, size_t *left,
+                          char *pending_doc, size_t pending_size)
+{
+    rag_session *s = &ctx->session;
+    *left = 0;
+    pthread_mutex_lock(&s->lock);
+    size_t n = 0, bytes = 0;
+    while (n < s->count && s->items[n].seq <= upto)
+        bytes += strlen(s->items[n++].doc_id) + 1;
+    if (n == 0) {
+        pthread_mutex_unlock(&s->lock);
+        return RAG_OK;
+    }
+    session_check *chk = malloc(n * sizeof *chk);
+    char *names = malloc(bytes);
+    if (!chk || !names) {
+        pthread_mutex_unlock(&s->lock);
+        free(chk);
+        free(names);
+        return rag_error_set(RAG_ENOMEM, "session consistency: out of memory");
+    }
+    size_t off = 0;
+    for (size_t i = 0; i < n; i++) {
+        size_t len = strlen(s->items[i].doc_id) + 1;
+        memcpy(names + off, s->items[i].doc_id, len);
+        chk[i] = (session_check){s->items[i].seq, s->items[i].version, off, 0};
+        off += len;
+    }
+    pthread_mutex_unlock(&s->lock);
+
+    int rc = RAG_OK;
+    for (size_t i = 0; i < n; i++) {
+        const char *doc = names + chk[i].name;
+        int settled = 0;
+        rc = rag_index_applied(ctx->index, doc, chk[i].version, &settled);
+        if (!rc && !settled)
+            rc = rag_ingest_version_failed(ctx->ingest, doc, chk[i].version, &settled);
+        if (rc)
+            break;
+        chk[i].settled = settled;
+        if (!settled && stop_at_pending)
+            break;
+    }
+    if (!rc) {
+        pthread_mutex_lock(&s->lock);
+        size_t w = 0, j = 0;
+        for (size_t r = 0; r < s->count; r++) {
+            rag_session_entry *e = &s->items[r];
+            while (j < n && chk[j].seq < e->seq)
+                j++;
+            if (j < n && chk[j].seq == e->seq && chk[j].settled) {
+                free(e->doc_id);
+                continue;
+            }
+            s->items[w++] = *e;
+        }
+        s->count = w;
+        size_t p = 0;
+        while (p < s->count && s->items[p].seq <= upto)
+            p++;
+        *left = p;
+        if (p && pending_doc)
+            snprintf(pending_doc, pending_size, "%s", s->items[0].doc_id);
+        pthread_mutex_unlock(&s->lock);
+    }
+    free(chk);
+    free(names);
+    return rc;
+}
+
+/* Record committed writes of this handle (best effort: what cannot be recorded is counted as
+ * an overflow, which session searches cover by waiting for a quiet pipeline). */
+static void session_note(rag_ctx *ctx, const char *const *ids, const uint64_t *versions,
+                         size_t n)
+{
+    rag_session *s = &ctx->session;
+    /* the caller's rag_error_last() (e.g. a batch's first per-document failure) survives */
+    char detail[512];
+    snprintf(detail, sizeof detail, "%s", rag_error_last());
+    size_t i = 0;
+    int pruned = 0;
+    pthread_mutex_lock(&s->lock);
+    for (;;) {
+        while (i < n && session_append_locked(s, ids[i], versions[i]) == 0)
+            i++;
+        if (i == n)
+            break;
+        if (!pruned && s->count >= RAG_SESSION_MAX &&
+            s->writes_since_prune >= RAG_SESSION_PRUNE_EVERY) {
+            /* Full: drop what is settled by now (nobody may have run a session search in a
+             * while), then try again. */
+            s->writes_since_prune = 0;
+            pthread_mutex_unlock(&s->lock);
+            size_t left = 0;
+            session_settle(ctx, UINT64_MAX, 0, &left, NULL, 0);
+            pthread_mutex_lock(&s->lock);
+            pruned = 1;
+            continue;
+        }
+        s->overflow_gen += n - i;
+        s->writes_since_prune += n - i;
+        break;
+    }
+    pthread_mutex_unlock(&s->lock);
+    rag_error_set(RAG_OK, "%s", detail);
+}
+
+/* The version a committed delete of `doc_id` covered (ingest's deleted_through); 0 if it
+ * cannot be read. */
+static uint64_t deleted_version(rag_ctx *ctx, const char *doc_id)
+{
+    const rag_ingest_reader *rd = rag_ingest_reader_get(ctx->ingest);
+    void *txn = NULL;
+    uint64_t v = 0;
+    if (rd->begin(rd->self, &txn) != RAG_OK)
+        return 0;
+    rag_doc_view view;
+    memset(&view, 0, sizeof view);
+    if (rd->doc_info(rd->self, txn, doc_id, &view) == RAG_OK)
+        v = view.deleted_through;
+    rd->end(rd->self, txn);
+    return v;
+}
+
+static int pending_work(rag_ctx *ctx, uint64_t *total);
+
+/*
+ * Wait until every write this handle recorded before the call is applied or failed for
+ * good.  Without workers nothing moves unless another thread runs rag_drain(), so the wait
+ * ends in RAG_ETIMEOUT and says so.
+ */
+static int session_wait(rag_ctx *ctx, uint32_t timeout_ms)
+{
+    rag_session *s = &ctx->session;
+    pthread_mutex_lock(&s->lock);
+    const uint64_t upto = s->next_seq;
+    const uint64_t overflow = s->overflow_gen;
+    int need_quiet = overflow > s->quiet_gen;
+    pthread_mutex_unlock(&s->lock);
+    const uint32_t bound = timeout_ms ? timeout_ms : SESSION_TIMEOUT_DEFAULT_MS;
+    const uint64_t deadline = rag_mono_ms() + bound;
+    unsigned int sleep_us = SESSION_POLL_MIN_US;
+    int quiet_seen = 0;
+    char pending[RAG_DOC_ID_MAX + 1] = "";
+    for (;;) {
+        size_t left = 0;
+        int rc = session_settle(ctx, upto, 1, &left, pending, sizeof pending);
+        if (rc)
+            return rc;
+        if (need_quiet) {
+            /* Untracked writes: every outbox and queue empty means each of them was applied
+             * or dead-lettered (a message is always in an outbox or a queue until the index
+             * applied it).  The counts are not one atomic snapshot, so two quiet looks in a
+             * row are required before believing it. */
+            uint64_t work = 0;
+            rc = pending_work(ctx, &work);
+            if (rc)
+                return rc;
+            quiet_seen = work == 0 ? quiet_seen + 1 : 0;
+            if (quiet_seen >= 2) {
+                need_quiet = 0;
+                pthread_mutex_lock(&s->lock);
+                if (s->quiet_gen < overflow)
+                    s->quiet_gen = overflow;
+                pthread_mutex_unlock(&s->lock);
+            }
+        }
+        if (!left && !need_quiet)
+            return RAG_OK;
+        uint64_t now = rag_mono_ms();
+        if (now >= deadline) {
+            const char *why = ctx->started ? ""
+                                           : "; the workers are not running: call rag_start(), "
+                                             "or rag_drain() before a session search";
+            if (left)
+                return rag_error_set(RAG_ETIMEOUT,
+                                     "session consistency: document '%s' (and %zu more "
+                                     "writes of this handle) not applied by the index after "
+                                     "%u ms%s",
+                                     pending, left - 1, bound, why);
+            return rag_error_set(RAG_ETIMEOUT,
+                                 "session consistency: more than %u writes of this handle were "
+                                 "pending, and the pipeline was still busy after %u ms%s",
+                                 RAG_SESSION_MAX, bound, why);
+        }
+        uint64_t rest_us = (deadline - now) * 1000u;
+        struct timespec ts = {0, (long)(rest_us < sleep_us ? rest_us : sleep_us) * 1000L};
+        nanosleep(&ts, NULL);
+        sleep_us = sleep_us * 2 > SESSION_POLL_MAX_US ? SESSION_POLL_MAX_US : sleep_us * 2;
+    }
 }
 
 /* ---- open / close ------------------------------------------------------------------------ */
@@ -152,6 +406,7 @@ int rag_open(rag_ctx **out, const char *root, const rag_options *opts)
         return rag_error_set(RAG_ENOMEM, "out of memory");
     ctx->lock_fd = -1;
     pthread_mutex_init(&ctx->pump_lock, NULL);
+    session_init(&ctx->session);
     atomic_init(&ctx->stopping, 0);
 
     /* Take ownership of caller-supplied vtables first, so that every failure path below
@@ -251,6 +506,7 @@ void rag_close(rag_ctx *ctx)
     if (ctx->lock_fd >= 0)
         close(ctx->lock_fd); /* releases the flock */
     pthread_mutex_destroy(&ctx->pump_lock);
+    session_destroy(&ctx->session);
     free(ctx);
 }
 
@@ -419,6 +675,25 @@ int rag_doc_put_batch(rag_ctx *ctx, const rag_doc *docs, size_t n, rag_put_resul
     int rc = rag_ingest_put_batch(ctx->ingest, docs, n, results);
     if (rc)
         return rc;
+    /* Committed: remember the new versions for session reads. */
+    const char **ids = malloc(n * sizeof *ids);
+    uint64_t *vers = malloc(n * sizeof *vers);
+    size_t m = 0;
+    if (ids && vers) {
+        for (size_t i = 0; i < n; i++) {
+            if (results[i].code == RAG_OK && results[i].version) {
+                ids[m] = docs[i].id;
+                vers[m++] = results[i].version;
+            }
+        }
+        session_note(ctx, ids, vers, m);
+    } else {
+        pthread_mutex_lock(&ctx->session.lock);
+        ctx->session.overflow_gen += n; /* untracked: covered by a quiet-pipeline wait */
+        pthread_mutex_unlock(&ctx->session.lock);
+    }
+    free(ids);
+    free(vers);
     /* The events are durable in ingest's outbox; hand them to the broker now so workers see
      * them at once. A relay failure is not the caller's failure: the rows stay and the next
      * relay (workers, drain, open) sends them. */
@@ -451,6 +726,18 @@ int rag_doc_delete(rag_ctx *ctx, const char *doc_id)
     rc = rag_ingest_delete(ctx->ingest, doc_id);
     if (rc)
         return rc;
+    /* Searches hide the document at once (ingest's tombstone); the session entry waits for
+     * the index to apply the delete of the version it covered, like any other write. */
+    uint64_t covered = deleted_version(ctx, doc_id);
+    if (covered) {
+        const char *ids[1] = {doc_id};
+        session_note(ctx, ids, &covered, 1);
+    } else {
+        pthread_mutex_lock(&ctx->session.lock);
+        ctx->session.overflow_gen++;
+        pthread_mutex_unlock(&ctx->session.lock);
+    }
+    rag_error_clear();
     size_t moved = 0;
     rag_outbox_relay(rag_ingest_outbox(ctx->ingest), &ctx->transport, 0, &moved);
     return RAG_OK;
@@ -464,6 +751,17 @@ int rag_search(rag_ctx *ctx, const rag_query *query, rag_results **out)
     if (!ctx || !query || !out)
         return rag_error_set(RAG_EINVAL, "ctx, query and out are required");
     *out = NULL;
+    /* Version-1 queries end before `consistency`: they are eventual. */
+    if (query->version >= 2 && query->version <= RAG_QUERY_VERSION) {
+        if (query->consistency != RAG_CONSISTENCY_EVENTUAL &&
+            query->consistency != RAG_CONSISTENCY_SESSION)
+            return rag_error_set(RAG_EINVAL, "unknown consistency %d", (int)query->consistency);
+        if (query->consistency == RAG_CONSISTENCY_SESSION) {
+            int rc = session_wait(ctx, query->timeout_ms);
+            if (rc)
+                return rc;
+        }
+    }
     return rag_retrieve_search(ctx->retrieve, query, out);
 }
 
@@ -500,7 +798,12 @@ int rag_status(rag_ctx *ctx, rag_status_info *out)
         return rag_error_set(RAG_EVERSION, "rag_status_info version %u not supported",
                              out->version);
     unsigned int version = out->version;
-    memset(out, 0, sizeof *out);
+    /* Clear only what a caller of this version has: an older caller's struct ends before
+     * the fields added later. */
+    size_t size = version >= 3   ? sizeof *out
+                  : version == 2 ? offsetof(rag_status_info, cache_hits)
+                                 : offsetof(rag_status_info, sagas_running);
+    memset(out, 0, size);
     out->version = version;
 
     rag_ingest_stats is;
@@ -521,6 +824,8 @@ int rag_status(rag_ctx *ctx, rag_status_info *out)
         out->sagas_compensating = is.sagas_compensating;
         out->sagas_failed = is.sagas_failed;
     }
+    if (version >= 3)
+        rag_retrieve_stats_get(ctx->retrieve, &out->cache_hits, &out->cache_misses);
     for (size_t i = 0; i < ctx->consumer_count; i++) {
         uint64_t dead = 0;
         rc = rag_dead_count(ctx->consumers[i]->env, &dead);

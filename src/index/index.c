@@ -1,7 +1,8 @@
 /*
  * The index module: open/recovery, batch application, snapshots, the reader, stats.
  *
- * Recovery on open: the view comes from the labels and ACL tables; the backend from the
+ * Recovery on open: the view comes from the labels and ACL tables, the BM25 inverted index
+ * from the "lex" rows of the labels the view holds; the backend from the
  * snapshot file `<root>/index/vectors.faiss` plus the mutation-log entries after the seq the
  * snapshot covers (meta "snapshot_seq"), or, when there is no usable snapshot, from the
  * vectors table.  Snapshot protocol: meta snapshot_seq := INVALID (committed), write the file
@@ -177,12 +178,20 @@ void rag_index__apply(rag_index *ix, ix_batch *b)
     for (size_t i = 0; i < b->n_acl && !rc; i++)
         rc = rag_index__mem_add_acl(&ix->mem, b->acls[i].id,
                                     (const char *const *)b->acls[i].principals, b->acls[i].n);
-    for (size_t i = 0; i < b->n_add && !rc; i++)
-        if (!skip[i])
-            rc = rag_index__mem_set_label(&ix->mem, b->add_labels[i], b->docs[b->add_doc[i]],
-                                          b->add_version[i], b->add_chunk[i], b->add_acl[i]);
-    for (size_t i = 0; i < n_rm && !rc; i++)
+    for (size_t i = 0; i < b->n_add && !rc; i++) {
+        if (skip[i])
+            continue;
+        rc = rag_index__mem_set_label(&ix->mem, b->add_labels[i], b->docs[b->add_doc[i]],
+                                      b->add_version[i], b->add_chunk[i], b->add_acl[i]);
+        if (!rc)
+            rc = rag_index__lex_add(&ix->lex, b->add_labels[i],
+                                    b->add_lex_len[i] ? b->lex_buf + b->add_lex_off[i] : NULL,
+                                    b->add_lex_len[i]);
+    }
+    for (size_t i = 0; i < n_rm && !rc; i++) {
         rag_index__mem_kill_label(&ix->mem, rm[i]);
+        rag_index__lex_kill(&ix->lex, rm[i]);
+    }
     if (!brc && !rc) {
         brc = backend_add(ix, n_add, add_v, add_l);
         if (!brc)
@@ -254,6 +263,67 @@ static int reader_search(void *self, const float *query, size_t k, const rag_acl
     free(scores);
     free(labels);
     *n_hits = n;
+    return rc;
+}
+
+static int reader_search_lexical(void *self, const char *query, size_t len, size_t k,
+                                 const rag_acl_filter *filter, rag_index_hit *hits,
+                                 size_t *n_hits)
+{
+    rag_index *ix = self;
+    if (n_hits)
+        *n_hits = 0;
+    if (!n_hits || (k && !hits) || (len && !query))
+        return rag_error_set(RAG_EINVAL, "index lexical search: NULL argument");
+    if (k == 0)
+        return RAG_OK;
+    /* Analysed before the lock: stemming needs no index state. */
+    ix_terms q;
+    memset(&q, 0, sizeof q);
+    int rc = rag_index__terms_analyze(&ix->stemmers, &q, query, len);
+    if (!rc)
+        rc = rag_index__terms_finish(&q);
+    float *scores = NULL;
+    int64_t *labels = NULL;
+    if (!rc && q.n) {
+        scores = malloc(k * sizeof *scores);
+        labels = malloc(k * sizeof *labels);
+        if (!scores || !labels)
+            rc = rag_error_set(RAG_ENOMEM, "index lexical search: k=%zu", k);
+    }
+    if (rc || q.n == 0) { /* no indexable term: no hits */
+        rag_index__terms_free(&q);
+        free(scores);
+        free(labels);
+        return rc;
+    }
+    pthread_rwlock_rdlock(&ix->lock);
+    ix_query_filter qf = {0};
+    size_t n = 0, m = 0;
+    if (ix->degraded)
+        rc = rag_error_set(RAG_EINDEX, "index: a change could not be applied; reopen the index "
+                                       "to rebuild it");
+    if (!rc)
+        rc = rag_index__filter_prepare(&ix->mem, filter, &qf);
+    if (!rc)
+        rc = rag_index__lex_search(&ix->lex, &q, ix->cfg.bm25_k1, ix->cfg.bm25_b, &qf, k,
+                                   labels, scores, &n);
+    for (size_t i = 0; i < n && !rc; i++) {
+        if (!rag_index__mem_is_live(&ix->mem, labels[i]))
+            continue; /* cannot happen: both sides hold the same labels */
+        const ix_label *e = &ix->mem.labels[labels[i]];
+        rag_index_hit *h = &hits[m++];
+        snprintf(h->doc_id, sizeof h->doc_id, "%s", ix->mem.doc_names[e->doc]);
+        h->version = e->version;
+        h->chunk_no = e->chunk_no;
+        h->score = scores[i];
+    }
+    pthread_rwlock_unlock(&ix->lock);
+    rag_index__filter_release(&qf);
+    rag_index__terms_free(&q);
+    free(scores);
+    free(labels);
+    *n_hits = rc ? 0 : m;
     return rc;
 }
 
@@ -488,6 +558,8 @@ static void ix_free(rag_index *ix)
         mdb_env_close(ix->env);
     free_backend(ix->backend);
     rag_index__mem_free(&ix->mem);
+    rag_index__lex_free(&ix->lex);
+    rag_index__stemmers_free(&ix->stemmers);
     if (ix->locks_ready) {
         pthread_rwlock_destroy(&ix->lock);
         pthread_mutex_destroy(&ix->apply_mu);
@@ -532,6 +604,7 @@ int rag_index_open(rag_index **out, const rag_config *cfg, rag_vector_backend *b
     ix->backend = backend;
     ix->dim = backend->dim;
     rag_index__mem_init(&ix->mem);
+    rag_index__lex_init(&ix->lex);
     snprintf(ix->snap_path, sizeof ix->snap_path, "%s/index/vectors.faiss", cfg->root);
 
     pthread_rwlockattr_t attr;
@@ -545,14 +618,16 @@ int rag_index_open(rag_index **out, const rag_config *cfg, rag_vector_backend *b
     pthread_mutex_init(&ix->snap_mu, NULL);
     ix->locks_ready = 1;
 
-    rc = rag_env_open(&ix->env, cfg, "index", 16);
+    rc = rag_index__stemmers_init(&ix->stemmers);
+    if (!rc)
+        rc = rag_env_open(&ix->env, cfg, "index", 16);
     struct {
         const char *name;
         MDB_dbi *dbi;
     } dbs[] = {{"meta", &ix->meta},         {"labels", &ix->labels},
                {"vectors", &ix->vectors},   {"docs", &ix->docs},
                {"acl_sets", &ix->acl_sets}, {"acl_keys", &ix->acl_keys},
-               {"log", &ix->log}};
+               {"log", &ix->log},           {"lex", &ix->lex_dbi}};
     for (size_t i = 0; i < sizeof dbs / sizeof dbs[0] && !rc; i++)
         rc = rag_dbi_open(ix->env, dbs[i].name, 0, dbs[i].dbi);
     if (!rc)
@@ -603,6 +678,8 @@ int rag_index_open(rag_index **out, const rag_config *cfg, rag_vector_backend *b
         rc = rag_index__meta_get(txn, ix->meta, "snapshot_seq", &ix->snapshot_seq);
     if (!rc)
         rc = rag_index__load_view(ix, txn, &ix->mem);
+    if (!rc)
+        rc = rag_index__lex_load(ix, txn, &ix->mem, &ix->lex);
     if (txn) {
         int mrc = rc ? (mdb_txn_abort(txn), 0) : rag_txn_commit(txn);
         if (mrc)
@@ -621,6 +698,7 @@ int rag_index_open(rag_index **out, const rag_config *cfg, rag_vector_backend *b
     ix->reader.self = ix;
     ix->reader.search = reader_search;
     ix->reader.epoch = reader_epoch;
+    ix->reader.search_lexical = reader_search_lexical;
     *out = ix;
     return RAG_OK;
 }
@@ -735,6 +813,37 @@ int rag_index_stats_get(rag_index *ix, rag_index_stats *out)
         rc = rag_index__meta_get(rt, ix->meta, "log_seq", &out->log_seq);
     mdb_txn_abort(rt);
     return rc;
+}
+
+int rag_index_applied(rag_index *ix, const char *doc_id, uint64_t version, int *applied)
+{
+    if (applied)
+        *applied = 0;
+    if (!ix || !doc_id || !applied)
+        return rag_error_set(RAG_EINVAL, "rag_index_applied: NULL argument");
+    if (version == 0)
+        return rag_error_set(RAG_EINVAL, "rag_index_applied: version 0");
+    int rc = rag_doc_id_check(doc_id);
+    if (rc)
+        return rc;
+    MDB_txn *rt;
+    int mrc = mdb_txn_begin(ix->env, NULL, MDB_RDONLY, &rt);
+    if (mrc)
+        return rag_mdb_error(mrc, "rag_index_applied: txn");
+    ix_docrec d;
+    rc = rag_index__doc_get(ix, rt, doc_id, &d);
+    mdb_txn_abort(rt);
+    if (rc)
+        return rc;
+    /* Committed is not enough: the row's seq says which log entries it reflects, and the
+     * searches show them once the applier got that far. */
+    if (d.exists && ((d.active && d.active >= version) || d.deleted_through >= version)) {
+        pthread_rwlock_rdlock(&ix->lock);
+        *applied = ix->applied_seq >= d.seq;
+        pthread_rwlock_unlock(&ix->lock);
+    }
+    rag_index__doc_clear(&d);
+    return RAG_OK;
 }
 
 const rag_index__recovery *rag_index__recovery_info(const rag_index *ix)

@@ -32,6 +32,9 @@ void rag_index__batch_free(ix_batch *b)
     free(b->add_acl);
     free(b->add_doc);
     free(b->add_vecs);
+    free(b->add_lex_off);
+    free(b->add_lex_len);
+    free(b->lex_buf);
     for (size_t i = 0; i < b->n_docs; i++)
         free(b->docs[i]);
     free(b->docs);
@@ -50,6 +53,7 @@ void rag_index__batch_mark(const ix_batch *b, ix_mark *mk)
     mk->n_rm = b->n_rm;
     mk->n_acl = b->n_acl;
     mk->n_groups = b->n_groups;
+    mk->lex_len = b->lex_len;
 }
 
 void rag_index__batch_truncate(ix_batch *b, const ix_mark *mk)
@@ -63,6 +67,7 @@ void rag_index__batch_truncate(ix_batch *b, const ix_mark *mk)
     b->n_rm = mk->n_rm;
     b->n_acl = mk->n_acl;
     b->n_groups = mk->n_groups;
+    b->lex_len = mk->lex_len;
 }
 
 #define GROW(arr, cap_needed, elem_size)                                                   \
@@ -89,7 +94,8 @@ int rag_index__batch_doc(ix_batch *b, const char *doc, uint32_t *idx)
 }
 
 int rag_index__batch_add(ix_batch *b, int64_t label, uint32_t doc,
-                         uint64_t version, uint32_t chunk_no, uint32_t acl, const float *vec)
+                         uint64_t version, uint32_t chunk_no, uint32_t acl, const float *vec,
+                         const void *lex, size_t lex_len)
 {
     unsigned int dim = b->dim;
     if (b->n_add == b->cap_add) {
@@ -100,8 +106,19 @@ int rag_index__batch_add(ix_batch *b, int64_t label, uint32_t doc,
         GROW(b->add_acl, cap, sizeof(uint32_t));
         GROW(b->add_doc, cap, sizeof(uint32_t));
         GROW(b->add_vecs, cap * dim, sizeof(float));
+        GROW(b->add_lex_off, cap, sizeof(size_t));
+        GROW(b->add_lex_len, cap, sizeof(size_t));
         b->cap_add = cap;
     }
+    if (b->lex_len + lex_len > b->lex_cap) {
+        size_t cap = b->lex_cap ? b->lex_cap * 2 : 4096;
+        while (cap < b->lex_len + lex_len)
+            cap *= 2;
+        GROW(b->lex_buf, cap, 1);
+        b->lex_cap = cap;
+    }
+    if (lex_len)
+        memcpy(b->lex_buf + b->lex_len, lex, lex_len);
     size_t i = b->n_add++;
     b->add_labels[i] = label;
     b->add_version[i] = version;
@@ -109,6 +126,9 @@ int rag_index__batch_add(ix_batch *b, int64_t label, uint32_t doc,
     b->add_acl[i] = acl;
     b->add_doc[i] = doc;
     memcpy(b->add_vecs + i * dim, vec, dim * sizeof(float));
+    b->add_lex_off[i] = b->lex_len;
+    b->add_lex_len[i] = lex_len;
+    b->lex_len += lex_len;
     return RAG_OK;
 }
 
@@ -151,7 +171,7 @@ void rag_index__batch_drop_group(ix_batch *b, size_t g)
     /* Rows of group g lie between the end of group g-1 and its own end; later groups are
      * shifted down.  Only used for rare aborted nested txns, so a plain memmove is fine. */
     ix_group *gr = &b->groups[g];
-    ix_mark start = {0, 0, 0, 0, 0};
+    ix_mark start = {0, 0, 0, 0, 0, 0};
     if (g > 0) {
         start.n_add = b->groups[g - 1].add_end;
         start.n_rm = b->groups[g - 1].rm_end;
@@ -175,6 +195,9 @@ void rag_index__batch_drop_group(ix_batch *b, size_t g)
     SHIFT(b->add_chunk, gr->add_end, start.n_add, tail_add);
     SHIFT(b->add_acl, gr->add_end, start.n_add, tail_add);
     SHIFT(b->add_doc, gr->add_end, start.n_add, tail_add);
+    /* The rows stay in lex_buf (unreferenced) until the batch is freed. */
+    SHIFT(b->add_lex_off, gr->add_end, start.n_add, tail_add);
+    SHIFT(b->add_lex_len, gr->add_end, start.n_add, tail_add);
     for (size_t i = start.n_add; i < start.n_add + tail_add; i++)
         b->add_doc[i] -= (uint32_t)dd;
     if (tail_add)

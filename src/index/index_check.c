@@ -4,9 +4,11 @@
  * in-memory view and backend with the tables, and repairs what it finds.
  *
  * The tables are the truth, so a repair only ever removes: a labels row no document lists
- * (and its vector), a label a document lists without a row of its own, a live label whose
- * vector is gone (it cannot be searched; ingest's fsck sees the chunk without a vector and the
- * saga is re-driven from there).  The removals are one index write txn with a log entry and
+ * (and its vector and lexical terms), a label a document lists without a row of its own, a
+ * live label whose vector or lexical terms are gone (it cannot be searched on that side;
+ * neither can be recomputed here, the index keeps no chunk text outside the "lex" rows, so
+ * the label goes and ingest's fsck sees the chunk without a label and re-drives the saga), a
+ * lexical row of no label.  The removals are one index write txn with a log entry and
  * epoch++, applied to the view and the backend through the same ordered path as consumer
  * batches, so a repair running beside the consumer workers is just one more change in log
  * order.  A view or backend that disagrees with the tables afterwards is rebuilt from them.
@@ -190,6 +192,7 @@ typedef struct ck_state {
     size_t n_refs;
     ck_i64s del_rows; /* labels whose labels + vectors rows go */
     ck_i64s del_vecs; /* vectors rows without a labels row */
+    ck_i64s del_lex;  /* lex rows without a labels row */
     ck_i64s rm;       /* labels to remove from the view and the backend */
 } ck_state;
 
@@ -209,6 +212,7 @@ static void ck_free(ck_state *st)
     free(st->refs);
     free(st->del_rows.v);
     free(st->del_vecs.v);
+    free(st->del_lex.v);
     free(st->rm.v);
     memset(st, 0, sizeof *st);
 }
@@ -387,13 +391,21 @@ static int check_labels(rag_index *ix, MDB_txn *txn, ck_state *st)
                 rc = i64s_push(&st->rm, label);
             continue;
         }
-        int has_vec = 0;
+        int has_vec = 0, has_lex = 0;
         rc = row_exists(txn, ix->vectors, label, &has_vec);
-        if (!rc && !has_vec) {
+        if (!rc)
+            rc = row_exists(txn, ix->lex_dbi, label, &has_lex);
+        if (!rc && !has_lex)
+            rc = problem_add(st, "missing_lexical", lr.doc, label,
+                             "live label of '%s' v%llu chunk %u has no lex row", lr.doc,
+                             (unsigned long long)lr.version, lr.chunk_no);
+        if (!rc && !has_vec)
             rc = problem_add(st, "missing_vector", lr.doc, label,
                              "live label of '%s' v%llu chunk %u has no vectors row", lr.doc,
                              (unsigned long long)lr.version, lr.chunk_no);
-            /* Unsearchable either way; without the vector it cannot be restored here. */
+        if (!rc && (!has_vec || !has_lex)) {
+            /* Unsearchable on one side; without the vector or the chunk text it cannot be
+             * restored here. */
             for (size_t i = ref_lower(st, label);
                  !rc && i < st->n_refs && st->refs[i].label == label; i++)
                 if (st->refs[i].seen)
@@ -430,6 +442,8 @@ static int check_labels(rag_index *ix, MDB_txn *txn, ck_state *st)
                 rc = i64s_push(&st->rm, r->label);
             if (!rc)
                 rc = i64s_push(&st->del_vecs, r->label);
+            if (!rc)
+                rc = i64s_push(&st->del_lex, r->label);
         }
         drop_ref(st, r);
     }
@@ -473,6 +487,40 @@ static int check_vectors(rag_index *ix, MDB_txn *txn, ck_state *st)
     return rc;
 }
 
+/* Lex rows of no label at all, as check_vectors does for vectors rows. */
+static int check_lexical(rag_index *ix, MDB_txn *txn, ck_state *st)
+{
+    MDB_cursor *cur;
+    int mrc = mdb_cursor_open(txn, ix->lex_dbi, &cur);
+    if (mrc)
+        return rag_mdb_error(mrc, "index check: lex cursor");
+    int rc = RAG_OK;
+    MDB_val k, v;
+    for (mrc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); !rc && mrc == 0;
+         mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        if (k.mv_size != 8) {
+            rc = rag_error_set(RAG_ECORRUPT, "index: malformed lex key");
+            break;
+        }
+        int64_t label = (int64_t)rag_be64_get(k.mv_data);
+        size_t i = ref_lower(st, label);
+        if (i < st->n_refs && st->refs[i].label == label)
+            continue; /* reported (if at all) as a missing label */
+        int has_row = 0;
+        rc = row_exists(txn, ix->labels, label, &has_row);
+        if (!rc && !has_row) {
+            rc = problem_add(st, "unreferenced_lexical", "", label,
+                             "lex row of label %lld without a labels row", (long long)label);
+            if (!rc)
+                rc = i64s_push(&st->del_lex, label);
+        }
+    }
+    if (!rc && mrc && mrc != MDB_NOTFOUND)
+        rc = rag_mdb_error(mrc, "index check: lex scan");
+    mdb_cursor_close(cur);
+    return rc;
+}
+
 static int check_tables(rag_index *ix, MDB_txn *txn, ck_state *st)
 {
     int rc = load_docs(ix, txn, st);
@@ -480,6 +528,8 @@ static int check_tables(rag_index *ix, MDB_txn *txn, ck_state *st)
         rc = check_labels(ix, txn, st);
     if (!rc)
         rc = check_vectors(ix, txn, st);
+    if (!rc)
+        rc = check_lexical(ix, txn, st);
     return rc;
 }
 
@@ -509,6 +559,7 @@ static int check_view(rag_index *ix, ck_state *st, int *settled)
                 rc = rag_mdb_error(mrc, "index check: stat");
         }
         uint64_t live = ix->mem.live, held = ix->backend->count(ix->backend->state);
+        uint64_t lex_live = ix->lex.live;
         int degraded = ix->degraded, same = seq == ix->applied_seq;
         mdb_txn_abort(rt);
         pthread_rwlock_unlock(&ix->lock);
@@ -526,6 +577,10 @@ static int check_view(rag_index *ix, ck_state *st, int *settled)
             rc = problem_add(st, "view_mismatch", "", -1,
                              "in-memory view has %llu live labels, labels table %llu",
                              (unsigned long long)live, (unsigned long long)ls.ms_entries);
+        else if (!rc && lex_live != live) /* one report: a rebuild fixes both */
+            rc = problem_add(st, "view_mismatch", "", -1,
+                             "lexical index has %llu live labels, the view %llu",
+                             (unsigned long long)lex_live, (unsigned long long)live);
         /* More vectors than live labels is normal where the index type keeps tombstones
          * (HNSW); fewer means some live label cannot be found. */
         if (!rc && held < live)
@@ -560,18 +615,25 @@ static int rebuild_view(rag_index *ix)
             continue;
         }
         ix_mem nm;
+        ix_lex nl;
         rag_index__mem_init(&nm);
+        rag_index__lex_init(&nl);
         if (!rc)
             rc = rag_index__load_view(ix, rt, &nm);
+        if (!rc)
+            rc = rag_index__lex_load(ix, rt, &nm, &nl);
         if (!mrc)
             mdb_txn_abort(rt);
         if (!rc) {
             rag_index__mem_free(&ix->mem);
+            rag_index__lex_free(&ix->lex);
             ix->mem = nm;
+            ix->lex = nl;
             rc = rag_index__rebuild_locked(ix);
             ix->degraded = rc != RAG_OK;
         } else {
             rag_index__mem_free(&nm);
+            rag_index__lex_free(&nl);
         }
         pthread_rwlock_unlock(&ix->lock);
         pthread_mutex_unlock(&ix->apply_mu);
@@ -618,6 +680,7 @@ static int repair_tables(rag_index *ix)
     }
     i64s_unique(&st.del_rows);
     i64s_unique(&st.del_vecs);
+    i64s_unique(&st.del_lex);
     i64s_unique(&st.rm);
     ix_batch *b = rag_index__batch_new(ix->dim);
     if (!b)
@@ -632,6 +695,21 @@ static int repair_tables(rag_index *ix)
         if (mrc && mrc != MDB_NOTFOUND)
             rc = rag_mdb_error(mrc, "index repair: delete vector");
     }
+    for (size_t i = 0; i < st.del_lex.n && !rc; i++) {
+        uint8_t key[8];
+        rag_be64_put(key, (uint64_t)st.del_lex.v[i]);
+        MDB_val k = {8, key};
+        mrc = mdb_del(txn, ix->lex_dbi, &k, NULL);
+        if (mrc && mrc != MDB_NOTFOUND)
+            rc = rag_mdb_error(mrc, "index repair: delete lex row");
+    }
+    uint64_t seq = 0, epoch = 0;
+    if (!rc)
+        rc = rag_index__meta_get(txn, ix->meta, "log_seq", &seq);
+    if (!rc)
+        rc = rag_index__meta_get(txn, ix->meta, "epoch", &epoch);
+    seq++;
+    epoch++;
     /* Rewrite the rows that lost labels, and recount: meta "live" is the number of labels
      * the docs rows list, "active_docs" the rows with an active version. */
     uint64_t live = 0, active_docs = 0;
@@ -643,6 +721,7 @@ static int repair_tables(rag_index *ix)
                 if (!d->drop[j])
                     d->rec.labels[keep++] = d->rec.labels[j];
             d->rec.n = keep;
+            d->rec.seq = seq;
             rc = rag_index__doc_put(ix, txn, d->id, &d->rec);
         }
         live += d->rec.n;
@@ -650,13 +729,6 @@ static int repair_tables(rag_index *ix)
     }
     for (size_t i = 0; i < st.rm.n && !rc; i++)
         rc = rag_index__batch_remove(b, st.rm.v[i]);
-    uint64_t seq = 0, epoch = 0;
-    if (!rc)
-        rc = rag_index__meta_get(txn, ix->meta, "log_seq", &seq);
-    if (!rc)
-        rc = rag_index__meta_get(txn, ix->meta, "epoch", &epoch);
-    seq++;
-    epoch++;
     const char *msg_id = "index-check-repair";
     if (!rc)
         rc = rag_index__log_put(ix, txn, seq, msg_id, 0, NULL, st.rm.n, st.rm.v);

@@ -61,6 +61,9 @@ int rag_index__doc_decode(const void *data, size_t len, ix_docrec *d)
     for (uint32_t i = 0; i < n; i++)
         d->labels[i] = (int64_t)rag_rbuf_u64(&r);
     d->n = n;
+    /* seq came later: rows written before it end here (seq 0: applied at open) */
+    if (r.len - r.off >= 8)
+        d->seq = rag_rbuf_u64(&r);
     return RAG_OK;
 }
 
@@ -91,6 +94,7 @@ int rag_index__doc_put(rag_index *ix, MDB_txn *txn, const char *doc, ix_docrec *
     rag_wbuf_u32(&w, (uint32_t)d->n);
     for (size_t i = 0; i < d->n; i++)
         rag_wbuf_u64(&w, (uint64_t)d->labels[i]);
+    rag_wbuf_u64(&w, d->seq);
     int rc = w.err ? rag_error_set(RAG_ETRANSIENT, "index: encode document") : RAG_OK;
     if (!rc) {
         MDB_val k = {strlen(doc), (void *)doc}, v = {w.len, w.data};
@@ -105,7 +109,8 @@ int rag_index__doc_put(rag_index *ix, MDB_txn *txn, const char *doc, ix_docrec *
 /* ---- labels, vectors, log ----------------------------------------------------------------- */
 
 static int label_put(rag_index *ix, MDB_txn *txn, int64_t label, const char *doc,
-                     uint64_t version, uint32_t chunk_no, uint32_t acl, const float *vec)
+                     uint64_t version, uint32_t chunk_no, uint32_t acl, const float *vec,
+                     const rag_wbuf *lex)
 {
     uint8_t key[8];
     rag_be64_put(key, (uint64_t)label);
@@ -130,6 +135,12 @@ static int label_put(rag_index *ix, MDB_txn *txn, int64_t label, const char *doc
         if (mrc)
             rc = storage_error(mrc, "write vector");
     }
+    if (!rc) {
+        MDB_val k = {8, key}, v = {lex->len, lex->data};
+        int mrc = mdb_put(txn, ix->lex_dbi, &k, &v, 0);
+        if (mrc)
+            rc = storage_error(mrc, "write lexical terms");
+    }
     rag_wbuf_free(&w);
     return rc;
 }
@@ -145,6 +156,9 @@ int rag_index__label_del(rag_index *ix, MDB_txn *txn, int64_t label)
     mrc = mdb_del(txn, ix->vectors, &k, NULL);
     if (mrc && mrc != MDB_NOTFOUND)
         return storage_error(mrc, "delete vector");
+    mrc = mdb_del(txn, ix->lex_dbi, &k, NULL);
+    if (mrc && mrc != MDB_NOTFOUND)
+        return storage_error(mrc, "delete lexical terms");
     return RAG_OK;
 }
 
@@ -387,14 +401,38 @@ static int embedded_apply(rag_index *ix, ix_batch *b, MDB_txn *txn, const rag_qu
         rc = rag_error_set(RAG_ETRANSIENT, "index: out of memory");
         goto out;
     }
+    /* Lexical terms of each chunk: its text plus the title (analysed once), counted with
+     * every chunk as SciFact-style title + abstract collections expect. */
+    ix_terms title, terms;
+    memset(&title, 0, sizeof title);
+    memset(&terms, 0, sizeof terms);
+    rag_wbuf lw;
+    rag_wbuf_init(&lw);
+    if (n && ev->title && *ev->title)
+        rc = rag_index__terms_analyze(&ix->stemmers, &title, ev->title, strlen(ev->title));
     for (size_t i = 0; i < n && !rc; i++) {
         const rag_ev_vector *vec = &ev->vectors[i];
+        rag_index__terms_reset(&terms);
+        rag_wbuf_reset(&lw);
+        rc = rag_index__terms_analyze(&ix->stemmers, &terms, vec->text, vec->text_len);
+        if (!rc)
+            rc = rag_index__terms_append(&terms, &title);
+        if (!rc)
+            rc = rag_index__terms_finish(&terms);
+        if (!rc)
+            rc = rag_index__terms_encode(&terms, &lw);
+        if (rc)
+            break;
         fresh[i] = (int64_t)c.next_label++;
-        rc = label_put(ix, txn, fresh[i], doc, ev->version, vec->chunk_no, acl, vec->vector);
+        rc = label_put(ix, txn, fresh[i], doc, ev->version, vec->chunk_no, acl, vec->vector,
+                       &lw);
         if (!rc)
             rc = rag_index__batch_add(b, fresh[i], di, ev->version, vec->chunk_no, acl,
-                                      vec->vector);
+                                      vec->vector, lw.data, lw.len);
     }
+    rag_index__terms_free(&title);
+    rag_index__terms_free(&terms);
+    rag_wbuf_free(&lw);
     /* The previous version goes in the same txn: a reader sees the old labels or the new
      * ones, never both and never neither. */
     for (size_t i = 0; i < d.n && !rc; i++) {
@@ -418,6 +456,7 @@ static int embedded_apply(rag_index *ix, ix_batch *b, MDB_txn *txn, const rag_qu
         d.n = n;
         d.active = ev->version;
         d.acl = acl;
+        d.seq = c.log_seq;
         rc = rag_index__doc_put(ix, txn, doc, &d);
     }
     if (!rc)
@@ -520,6 +559,12 @@ static int deleted_apply(rag_index *ix, ix_batch *b, MDB_txn *txn, const rag_que
     if (rc)
         return rc;
     uint64_t dt = d.deleted_through > ev->version ? d.deleted_through : ev->version;
+    /* A row written without a log entry of its own reflects changes up to the log's end. */
+    rc = rag_index__meta_get(txn, ix->meta, "log_seq", &d.seq);
+    if (rc) {
+        rc = rag_error_set(RAG_ETRANSIENT, "index: %s", rag_error_last());
+        goto emit;
+    }
     if (d.active > ev->version) {
         /* The document came back with a newer version than the delete covers (the delete
          * and the new version's embedding crossed): that version stays. */
@@ -547,6 +592,8 @@ static int deleted_apply(rag_index *ix, ix_batch *b, MDB_txn *txn, const rag_que
             rc = counters_put(ix, txn, &c);
         if (!rc)
             rc = rag_index__batch_group(b, c.log_seq, c.epoch, msg->id);
+        if (!rc)
+            d.seq = c.log_seq;
     }
     /* The record stays as a tombstone so that a late doc.embedded of a covered version is
      * recognised as superseded. */
@@ -670,8 +717,10 @@ static int revert_apply(rag_index *ix, ix_batch *b, MDB_txn *txn, const rag_queu
         if (!rc)
             rc = rag_index__batch_group(b, c.log_seq, c.epoch, msg->id);
         d.n = keep;
-        if (!rc)
+        if (!rc) {
+            d.seq = c.log_seq;
             rc = rag_index__doc_put(ix, txn, doc, &d);
+        }
     }
     /* Nothing else is written: no record of the revert (a retried doc.embedded of v must
      * still be able to complete the saga forward), no row for a document the index has

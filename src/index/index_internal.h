@@ -7,7 +7,11 @@
  *   "labels"    be64 label -> {u64 version, u32 chunk_no, u32 acl id, str doc_id}
  *   "vectors"   be64 label -> dim little-endian floats
  *   "docs"      doc_id bytes -> {u64 active_version, u64 deleted_through, u32 acl id,
- *                               u32 n, n x u64 live labels}
+ *                               u32 n, n x u64 live labels, u64 seq}
+ *               seq: the mutation-log sequence at the row's last write (every change the
+ *               row reflects is in the log at or before it), so rag_index_applied() can
+ *               tell when searches show it.  Rows written before it existed end after the
+ *               labels and decode with seq 0 (they were applied by the open that read them).
  *               Nothing about reverted versions is kept: a doc.revert only removes stray
  *               labels of a non-active version (the atomic switch means such a version
  *               normally has none), and a doc.embedded of a reverted version retried after
@@ -16,6 +20,11 @@
  *   "acl_sets"  be32 id -> {u32 n, n x str principal} (sorted, unique; id 0 = public, absent)
  *   "acl_keys"  XXH3-128 of that encoding -> be32 id (interning)
  *   "log"       be64 seq -> {str message id, u32 n_add, labels, u32 n_remove, labels}
+ *   "lex"       be64 label -> {u32 length, u32 n, n x (str term, u32 tf)}: the label's
+ *               lexical terms (lexical.c: NFKC casefold of the chunk text and the document
+ *               title, stopwords dropped, Snowball English stems; sorted, unique) and its
+ *               length in terms.  Written and deleted with the label's other rows, in the
+ *               same txn, so the lexical side and the vectors never disagree on a version.
  * plus the queue's "__outbox", "__outbox_meta", "__inbox", "__dead".
  *
  * Three consumers share the env and the outbox: doc.embedded, doc.deleted and doc.revert
@@ -25,10 +34,12 @@
  * tables against each other and against the view/backend, and repairs them as one logged
  * change applied like a consumer batch.
  *
- * The vector backend (FAISS) and an in-memory view (per label: doc, version, chunk, ACL set,
- * live; per principal: the ACL sets naming it) are derived.  Both change only under the
- * write side of `lock`, when a committed batch is applied (in log order), so a search holding
- * the read side sees one consistent state: the old version of a document or the new one.
+ * The vector backend (FAISS), an in-memory view (per label: doc, version, chunk, ACL set,
+ * live; per principal: the ACL sets naming it) and the BM25 inverted index (index_lex.c,
+ * built from the "lex" rows of the live labels) are derived.  All three change only under
+ * the write side of `lock`, when a committed batch is applied (in log order), so a search
+ * holding the read side sees one consistent state: the old version of a document or the new
+ * one, on the vector side and the lexical side alike.
  */
 #ifndef RAG_MODULE_INDEX
 #error "private header of the index module"
@@ -98,6 +109,96 @@ int rag_index__filter_prepare(const ix_mem *m, const rag_acl_filter *f, ix_query
 void rag_index__filter_release(ix_query_filter *q);
 int rag_index__filter_fn(void *arg, int64_t label);
 
+/* ---- lexical side: analysis (lexical.c) --------------------------------------------------- */
+
+struct sb_stemmer;
+
+/* Snowball stemmers are not thread-safe: a pool, each caller takes one for the duration of
+ * an analysis (consumer handlers and searches run on several threads). */
+typedef struct ix_stemmers {
+    pthread_mutex_t mu;
+    struct sb_stemmer **free_list;
+    size_t n, cap;
+    int ready;
+} ix_stemmers;
+
+int rag_index__stemmers_init(ix_stemmers *s);
+void rag_index__stemmers_free(ix_stemmers *s);
+
+/* A term list.  While it is built, `t` holds one entry per token (tf 1) in text order;
+ * rag_index__terms_finish() sorts them and merges duplicates (tf = count), `length` keeping
+ * the token count. */
+typedef struct ix_term {
+    size_t off;      /* into buf */
+    uint32_t len, tf;
+} ix_term;
+
+typedef struct ix_terms {
+    char *buf;
+    size_t buf_len, buf_cap;
+    ix_term *t;
+    size_t n, cap;
+    uint32_t length;
+} ix_terms;
+
+void rag_index__terms_reset(ix_terms *t);
+void rag_index__terms_free(ix_terms *t);
+/* Append the terms of `text` (any UTF-8; ill-formed sequences are repaired first): NFKC
+ * casefold, rag_tokenize with stopwords dropped, Snowball English stem. */
+int rag_index__terms_analyze(ix_stemmers *s, ix_terms *t, const char *text, size_t len);
+/* Append the (unfinished) tokens of `src`. */
+int rag_index__terms_append(ix_terms *t, const ix_terms *src);
+int rag_index__terms_finish(ix_terms *t);
+/* The "lex" row of a finished term list. */
+int rag_index__terms_encode(const ix_terms *t, rag_wbuf *w);
+
+/* ---- lexical side: inverted index (index_lex.c) ------------------------------------------- */
+
+typedef struct ix_posting {
+    uint32_t label;  /* labels are dense counters: the view is an array indexed by them */
+    uint32_t tf;
+} ix_posting;
+
+typedef struct ix_lterm {
+    char *term;
+    uint32_t len;
+    uint32_t df;     /* live postings */
+    size_t n, cap;   /* postings held, dead ones included until compacted; label order */
+    ix_posting *p;
+} ix_lterm;
+
+typedef struct ix_llabel {
+    uint32_t length; /* terms counted */
+    uint32_t n;      /* distinct terms */
+    uint32_t *tids;  /* its terms, so that a removal can update df */
+    uint8_t live;
+} ix_llabel;
+
+typedef struct ix_lex {
+    ix_lterm *terms;
+    size_t n_terms, terms_cap;
+    uint32_t *slots;       /* open addressing: term id + 1, 0 = empty */
+    size_t slots_cap;
+    ix_llabel *labels;     /* dense, indexed by label */
+    size_t label_cap;
+    uint64_t live;         /* N of BM25 */
+    uint64_t total_length; /* over live labels: N * avgdl */
+} ix_lex;
+
+void rag_index__lex_init(ix_lex *x);
+void rag_index__lex_free(ix_lex *x);
+/* Make `label` live with the terms of its "lex" row (`row` NULL: no terms). */
+int rag_index__lex_add(ix_lex *x, int64_t label, const void *row, size_t row_len);
+void rag_index__lex_kill(ix_lex *x, int64_t label);
+/* Build `x` (initialised by the caller) from the "lex" rows of the labels live in `m`; a
+ * live label without a row gets no terms (rag_index_check reports it). */
+int rag_index__lex_load(struct rag_index *ix, MDB_txn *txn, const ix_mem *m, ix_lex *x);
+/* BM25 top-k of the finished query terms `q` over the live labels `qf` allows: labels and
+ * scores best first (ties: lower label first), *n <= k. */
+int rag_index__lex_search(const ix_lex *x, const ix_terms *q, double k1, double b,
+                          const ix_query_filter *qf, size_t k, int64_t *labels, float *scores,
+                          size_t *n);
+
 /* ---- pending backend changes of one consumer batch (index_batch.c) ---------------------- */
 
 typedef struct ix_acl_add {
@@ -120,6 +221,9 @@ typedef struct ix_batch {
     uint64_t *add_version;
     uint32_t *add_chunk, *add_acl, *add_doc; /* add_doc: index into docs */
     float *add_vecs;
+    size_t *add_lex_off, *add_lex_len;       /* each add's "lex" row, in lex_buf */
+    uint8_t *lex_buf;                        /* append-only; truncated with the adds */
+    size_t lex_len, lex_cap;
     size_t n_docs, cap_docs;
     char **docs;
     size_t n_rm, cap_rm;
@@ -139,7 +243,7 @@ typedef struct ix_consumer {
 
 /* Staging during a handler: truncate back to a mark when the handler fails. */
 typedef struct ix_mark {
-    size_t n_add, n_docs, n_rm, n_acl, n_groups;
+    size_t n_add, n_docs, n_rm, n_acl, n_groups, lex_len;
 } ix_mark;
 
 ix_batch *rag_index__batch_new(unsigned int dim);
@@ -149,7 +253,8 @@ void rag_index__batch_truncate(ix_batch *b, const ix_mark *mk);
 /* Copy of a document id for the adds of the current message (one per message). */
 int rag_index__batch_doc(ix_batch *b, const char *doc, uint32_t *idx);
 int rag_index__batch_add(ix_batch *b, int64_t label, uint32_t doc,
-                         uint64_t version, uint32_t chunk_no, uint32_t acl, const float *vec);
+                         uint64_t version, uint32_t chunk_no, uint32_t acl, const float *vec,
+                         const void *lex, size_t lex_len);
 int rag_index__batch_remove(ix_batch *b, int64_t label);
 int rag_index__batch_acl(ix_batch *b, uint32_t id, const char *const *principals, size_t n);
 /* Close the message's rows into a group.  Groups with seq >= `seq` (a nested txn that was
@@ -168,15 +273,18 @@ typedef struct rag_index__recovery {
 struct rag_index {
     rag_config cfg;
     MDB_env *env;
-    MDB_dbi meta, labels, vectors, docs, acl_sets, acl_keys, log;
+    MDB_dbi meta, labels, vectors, docs, acl_sets, acl_keys, log, lex_dbi;
     rag_outbox *outbox;
     ix_consumer cons_embedded, cons_deleted, cons_revert;
     rag_vector_backend *backend;
     unsigned int dim;
     char snap_path[RAG_PATH_MAX + 64];
 
-    pthread_rwlock_t lock;     /* backend + mem: searches read, batch application writes */
+    pthread_rwlock_t lock;     /* backend + mem + lex: searches read, batch application
+                                * writes */
     ix_mem mem;
+    ix_lex lex;
+    ix_stemmers stemmers;
     uint64_t applied_seq;      /* last log seq reflected in backend + mem */
     uint64_t applied_epoch;
     int degraded;              /* backend could not be brought in line; searches fail */
@@ -212,6 +320,7 @@ typedef struct ix_docrec {
     uint32_t acl;
     size_t n;
     int64_t *labels;
+    uint64_t seq;   /* log seq at the row's last write (callers of doc_put set it) */
 } ix_docrec;
 
 int rag_index__doc_decode(const void *data, size_t len, ix_docrec *d);
@@ -219,6 +328,7 @@ void rag_index__doc_clear(ix_docrec *d);
 int rag_index__doc_get(struct rag_index *ix, MDB_txn *txn, const char *doc, ix_docrec *d);
 /* Write `d`. */
 int rag_index__doc_put(struct rag_index *ix, MDB_txn *txn, const char *doc, ix_docrec *d);
+/* Delete the label's "labels", "vectors" and "lex" rows (missing ones are fine). */
 int rag_index__label_del(struct rag_index *ix, MDB_txn *txn, int64_t label);
 int rag_index__log_put(struct rag_index *ix, MDB_txn *txn, uint64_t seq, const char *msg_id,
                        size_t n_add, const int64_t *adds, size_t n_rm, const int64_t *rms);

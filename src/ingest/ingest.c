@@ -1842,3 +1842,53 @@ int rag_ingest_redrive(rag_ingest *ig, const char *doc_id, int mode, uint64_t ve
     mrc = rag_txn_commit(txn);
     return mrc ? rag_mdb_error(mrc, "ingest: commit") : RAG_OK;
 }
+
+/* ---- session consistency: has a version failed for good? ------------------------------- */
+
+/* Read-only.  *failed = 1 when version `version` of `doc_id` will never become searchable
+ * because its saga failed: the version row is marked failed, or the put saga is compensating
+ * or failed.  0 otherwise (running, done, superseded, or nothing known of it).  The core's
+ * session wait uses it so that a poisoned version does not hold readers until they time
+ * out. */
+int rag_ingest_version_failed(rag_ingest *ig, const char *doc_id, uint64_t version, int *failed)
+{
+    if (failed)
+        *failed = 0;
+    if (!ig || !doc_id || !failed)
+        return rag_error_set(RAG_EINVAL, "rag_ingest_version_failed: bad arguments");
+    int rc = rag_doc_id_check(doc_id);
+    if (rc)
+        return rc;
+    MDB_txn *txn;
+    int mrc = mdb_txn_begin(ig->env, NULL, MDB_RDONLY, &txn);
+    if (mrc)
+        return rag_mdb_error(mrc, "ingest: begin");
+    uint8_t key[RAG_KEY_MAX + 1];
+    size_t kl = rag_key_doc_version(key, doc_id, version);
+    MDB_val k = {kl, key}, v;
+    mrc = mdb_get(txn, ig->versions, &k, &v);
+    if (mrc == 0) {
+        version_row vr;
+        rc = version_row_decode(&v, &vr);
+        if (!rc && vr.state == VERSION_FAILED)
+            *failed = 1;
+    } else if (mrc != MDB_NOTFOUND) {
+        rc = rag_mdb_error(mrc, "ingest: read version");
+    }
+    if (!rc && !*failed) {
+        kl = saga_key(key, doc_id, version, RAG_SAGA_PUT);
+        k.mv_size = kl;
+        k.mv_data = key;
+        mrc = mdb_get(txn, ig->sagas, &k, &v);
+        if (mrc == 0) {
+            saga_row s;
+            rc = saga_decode(&v, &s);
+            if (!rc && (s.state == RAG_SAGA_FAILED || s.state == RAG_SAGA_COMPENSATING))
+                *failed = 1;
+        } else if (mrc != MDB_NOTFOUND) {
+            rc = rag_mdb_error(mrc, "ingest: read saga");
+        }
+    }
+    mdb_txn_abort(txn);
+    return rc;
+}

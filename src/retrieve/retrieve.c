@@ -1,13 +1,26 @@
 /*
- * The retrieve module: vector search with ACL pre-filtering (inside the index), removal of
- * documents deleted in ingest, chunk text through ingest's reader, and a result cache in the
- * module's own env `<root>/retrieve/`.
+ * The retrieve module: vector, lexical (BM25) and hybrid search with ACL pre-filtering (inside
+ * the index, on both sides), removal of documents deleted in ingest, chunk text through
+ * ingest's reader, and a result cache in the module's own env `<root>/retrieve/`.
+ *
+ * Modes.  VECTOR embeds the query and asks the index's vector side; LEXICAL asks its BM25
+ * side (no embedding); HYBRID (what DEFAULT means when the index has a lexical side) asks
+ * both for max(4k, 50) candidates, divides each side's scores by that side's best score
+ * (a side without hits contributes 0, negative similarities count as 0), and scores each
+ * label (doc, version, chunk) of the union w * lexical + (1 - w) * vector with
+ * w = cfg.hybrid_lexical_weight.  Max-normalisation keeps the fused score on the scale the
+ * weight assumes (0..1 per side) whatever the BM25 magnitudes are; a convex combination lets
+ * the stronger side dominate, which rank fusion (RRF) would not.  w = 0 and w = 1 are plain
+ * VECTOR and LEXICAL searches (the other side would only pad the list with zero scores).
+ * Every mode validates its candidates against ingest the same way and re-queries with a
+ * bigger page when deletions leave fewer than k.
  *
  * The module never writes anyone else's data and never opens another module's env: it sees
  * ingest and index only through the rag_ingest_reader / rag_index_reader vtables.
  *
  * Result cache.  Key: XXH3-128 of (format, NFC query text, unrestricted flag, sorted unique
- * principals, effective mode, k, index epoch).  Value: the key material (compared on a hit,
+ * principals, effective mode, the parameters that shape that mode's scores (fusion weight,
+ * BM25 k1 and b), k, index epoch).  Value: the key material (compared on a hit,
  * so a hash collision can never return someone else's results) followed by the final hit
  * list (doc id, version, chunk, score) -- not the texts.  Because the epoch is part of the
  * key, an index change makes every older entry unreachable.  Deletes become visible in ingest
@@ -45,6 +58,8 @@ struct rag_retrieve {
     MDB_dbi meta_dbi;
     char dir[RAG_PATH_MAX + 64];
     size_t cache_max; /* 0: cache disabled */
+    float lexical_weight; /* hybrid fusion weight w (cfg.hybrid_lexical_weight) */
+    float bm25_k1, bm25_b; /* only part of the cache key: the index applies them */
     rag_retrieve_stats stats;
 };
 
@@ -177,6 +192,9 @@ int rag_retrieve_open(rag_retrieve **out, const rag_config *cfg,
     rt->ingest = ingest;
     rt->index = index;
     rt->cache_max = RAG_RETRIEVE_CACHE_MAX;
+    rt->lexical_weight = cfg->hybrid_lexical_weight;
+    rt->bm25_k1 = cfg->bm25_k1;
+    rt->bm25_b = cfg->bm25_b;
     snprintf(rt->dir, sizeof rt->dir, "%s/retrieve", cfg->root);
     rc = prepare_dir(rt->dir);
     if (!rc)
@@ -418,8 +436,8 @@ static int cmp_cstr(const void *a, const void *b)
 }
 
 /* Canonical key material: the cache must not distinguish queries that mean the same. */
-static int key_material(const rag_query *q, const char *text, size_t text_len, int mode,
-                        size_t k, uint64_t epoch, rag_wbuf *w)
+static int key_material(const rag_retrieve *rt, const rag_query *q, const char *text,
+                        size_t text_len, int mode, size_t k, uint64_t epoch, rag_wbuf *w)
 {
     rag_wbuf_u32(w, RAG_RETRIEVE_FORMAT);
     rag_wbuf_str(w, text, text_len);
@@ -442,6 +460,14 @@ static int key_material(const rag_query *q, const char *text, size_t text_len, i
         free(sorted);
     }
     rag_wbuf_u32(w, (uint32_t)mode);
+    /* The cache outlives the handle: a reopen with other scoring parameters must not be
+     * answered with scores (and orders) computed under the old ones. */
+    if (mode == RAG_MODE_HYBRID)
+        rag_wbuf_f32s(w, &rt->lexical_weight, 1);
+    if (mode == RAG_MODE_HYBRID || mode == RAG_MODE_LEXICAL) {
+        rag_wbuf_f32s(w, &rt->bm25_k1, 1);
+        rag_wbuf_f32s(w, &rt->bm25_b, 1);
+    }
     rag_wbuf_u64(w, (uint64_t)k);
     rag_wbuf_u64(w, epoch);
     return w->err ? rag_error_set(RAG_ENOMEM, "retrieve: out of memory") : RAG_OK;
@@ -557,15 +583,9 @@ static int validate_query(const rag_query *q, size_t *k_out)
     switch (q->mode) {
     case RAG_MODE_DEFAULT:
     case RAG_MODE_VECTOR:
-        break;
     case RAG_MODE_LEXICAL:
-        return rag_error_set(RAG_EUNSUPPORTED,
-                             "lexical (BM25) search is not available in this build yet; "
-                             "use RAG_MODE_VECTOR or RAG_MODE_DEFAULT");
     case RAG_MODE_HYBRID:
-        return rag_error_set(RAG_EUNSUPPORTED,
-                             "hybrid search needs the lexical index, which this build does not "
-                             "have yet; use RAG_MODE_VECTOR or RAG_MODE_DEFAULT");
+        break;
     default:
         return rag_error_set(RAG_EINVAL, "unknown search mode %d", (int)q->mode);
     }
@@ -573,34 +593,204 @@ static int validate_query(const rag_query *q, size_t *k_out)
     return RAG_OK;
 }
 
-/* Full search: index (with re-queries while deletions leave the page short), then ingest. */
-static int search_index(rag_retrieve *rt, const rag_query *q, const float *vec, size_t k,
-                        rag_results **out, rag_index_hit *final_hits)
+/* The index reader has a lexical side (a version-1 reader struct ends before the slot). */
+static int has_lexical(const rag_retrieve *rt)
+{
+    return rt->index->version >= 2 && rt->index->search_lexical != NULL;
+}
+
+/* The mode a query really runs in: DEFAULT is HYBRID (VECTOR while the index has no lexical
+ * side, so that plain searches keep working); HYBRID with w = 0 or 1 is the single side. */
+static int effective_mode(const rag_retrieve *rt, rag_search_mode requested, int *mode)
+{
+    int m = requested;
+    if (m == RAG_MODE_DEFAULT)
+        m = has_lexical(rt) ? RAG_MODE_HYBRID : RAG_MODE_VECTOR;
+    if ((m == RAG_MODE_LEXICAL || m == RAG_MODE_HYBRID) && !has_lexical(rt))
+        return rag_error_set(RAG_EUNSUPPORTED,
+                             "%s search needs the index's lexical (BM25) side, which this "
+                             "index reader does not offer; use RAG_MODE_VECTOR",
+                             m == RAG_MODE_LEXICAL ? "lexical" : "hybrid");
+    if (m == RAG_MODE_HYBRID && rt->lexical_weight <= 0.0f)
+        m = RAG_MODE_VECTOR;
+    else if (m == RAG_MODE_HYBRID && rt->lexical_weight >= 1.0f)
+        m = RAG_MODE_LEXICAL;
+    *mode = m;
+    return RAG_OK;
+}
+
+/* A side's score in 0..1: divided by the side's best; negative, NaN or infinite -> 0. */
+static double side_norm(float s, double max)
+{
+    return isfinite(s) && s > 0 && max > 0 ? (double)s / max : 0.0;
+}
+
+static double side_max(const rag_index_hit *h, size_t n)
+{
+    double m = 0;
+    for (size_t i = 0; i < n; i++)
+        if (isfinite(h[i].score) && h[i].score > m)
+            m = h[i].score;
+    return m;
+}
+
+typedef struct fuse_ref {
+    const rag_index_hit *h;
+    double part; /* this side's weighted, normalised score */
+    int lexical;
+} fuse_ref;
+
+static int cmp_label(const void *a, const void *b)
+{
+    const rag_index_hit *x = ((const fuse_ref *)a)->h, *y = ((const fuse_ref *)b)->h;
+    int c = strcmp(x->doc_id, y->doc_id);
+    if (c)
+        return c;
+    if (x->version != y->version)
+        return x->version < y->version ? -1 : 1;
+    return x->chunk_no < y->chunk_no ? -1 : x->chunk_no > y->chunk_no;
+}
+
+/* Hybrid fusion: the union by label of the two candidate lists, each label scored
+ * w * lex / max lex + (1 - w) * vec / max vec.  `out` has room for nv + nl hits; `refs` is
+ * scratch of the same size.  Order of `out` is by label (finish() sorts by score). */
+static size_t fuse(const rag_index_hit *vh, size_t nv, const rag_index_hit *lh, size_t nl,
+                   double w, fuse_ref *refs, rag_index_hit *out)
+{
+    const double vmax = side_max(vh, nv), lmax = side_max(lh, nl);
+    size_t n = 0;
+    for (size_t i = 0; i < nv; i++)
+        refs[n++] = (fuse_ref){&vh[i], (1.0 - w) * side_norm(vh[i].score, vmax), 0};
+    for (size_t i = 0; i < nl; i++)
+        refs[n++] = (fuse_ref){&lh[i], w * side_norm(lh[i].score, lmax), 1};
+    if (n > 1)
+        qsort(refs, n, sizeof *refs, cmp_label);
+    size_t m = 0;
+    for (size_t i = 0; i < n;) {
+        /* one label: the best part of each side (a side never lists a label twice, but a
+         * misbehaving one must not count it twice) */
+        double part[2] = {0, 0};
+        size_t j = i;
+        while (j < n && cmp_label(&refs[i], &refs[j]) == 0) {
+            if (refs[j].part > part[refs[j].lexical])
+                part[refs[j].lexical] = refs[j].part;
+            j++;
+        }
+        out[m] = *refs[i].h;
+        out[m].score = (float)(part[0] + part[1]);
+        m++;
+        i = j;
+    }
+    return m;
+}
+
+/* The two sides are two reader calls: an index switch between them can make the vector side
+ * return version n of a document and the lexical side version n + 1.  Keep only each
+ * document's newest version (active versions only grow), so a document never appears in two
+ * versions.  `h` is ordered by label, as fuse() leaves it.  Returns the number of documents
+ * that had more than one version. */
+static size_t newest_versions_only(rag_index_hit *h, size_t *n)
+{
+    size_t mixed = 0, w = 0;
+    for (size_t i = 0; i < *n;) {
+        size_t j = i + 1;
+        while (j < *n && strcmp(h[j].doc_id, h[i].doc_id) == 0)
+            j++;
+        uint64_t newest = h[j - 1].version; /* versions ascend within a document */
+        mixed += h[i].version != newest;
+        for (size_t x = i; x < j; x++)
+            if (h[x].version == newest)
+                h[w++] = h[x];
+        i = j;
+    }
+    *n = w;
+    return mixed;
+}
+
+/* Candidate page per side: a little headroom over k for a single side, so that a few deleted
+ * documents do not force a second round trip; a wider net for hybrid, where a label's fused
+ * rank can be far from its rank on either side. */
+static size_t first_page(int mode, size_t k)
+{
+    size_t kp = mode == RAG_MODE_HYBRID ? (k * 4 > RAG_RETRIEVE_HYBRID_MIN ? k * 4
+                                                                           : RAG_RETRIEVE_HYBRID_MIN)
+                                        : k + k / 4 + 8;
+    return kp > RAG_RETRIEVE_FETCH_MAX ? RAG_RETRIEVE_FETCH_MAX : kp;
+}
+
+/* Full search: index side(s) (with re-queries while deletions leave the page short), fusion
+ * for hybrid, then ingest.  `vec` is NULL in lexical mode. */
+static int search_index(rag_retrieve *rt, const rag_query *q, int mode, const char *text,
+                        size_t tlen, const float *vec, size_t k, rag_results **out,
+                        rag_index_hit *final_hits)
 {
     const rag_acl_filter filter = {q->unrestricted ? 1 : 0, q->principals, q->principal_count};
-    /* A little headroom so that a few deleted documents do not force a second round trip. */
-    size_t kp = k + k / 4 + 8;
-    rag_index_hit *hits = NULL;
-    int rc;
-    int races_left = 3;
+    const int use_vec = mode != RAG_MODE_LEXICAL, use_lex = mode != RAG_MODE_VECTOR;
+    size_t kp = first_page(mode, k);
+    rag_index_hit *vh = NULL, *lh = NULL, *fused = NULL;
+    fuse_ref *refs = NULL;
+    int rc = RAG_OK;
+    int races_left = 3; /* text freed under the search */
+    int mixes_left = 3; /* hybrid: a switch between the two sides */
     for (;;) {
-        rag_index_hit *nh = realloc(hits, kp * sizeof *hits);
-        if (!nh) {
+        int oom = 0;
+        if (use_vec) {
+            rag_index_hit *p = realloc(vh, kp * sizeof *vh);
+            oom |= !p;
+            vh = p ? p : vh;
+        }
+        if (use_lex) {
+            rag_index_hit *p = realloc(lh, kp * sizeof *lh);
+            oom |= !p;
+            lh = p ? p : lh;
+        }
+        if (mode == RAG_MODE_HYBRID) {
+            rag_index_hit *p = realloc(fused, 2 * kp * sizeof *fused);
+            oom |= !p;
+            fused = p ? p : fused;
+            fuse_ref *r = realloc(refs, 2 * kp * sizeof *refs);
+            oom |= !r;
+            refs = r ? r : refs;
+        }
+        if (oom) {
             rc = rag_error_set(RAG_ENOMEM, "retrieve: cannot allocate %zu hits", kp);
             break;
         }
-        hits = nh;
-        size_t n = 0;
-        STAT_INC(rt, index_queries);
-        rc = rt->index->search(rt->index->self, vec, kp, &filter, hits, &n);
-        if (rc) {
-            rc = reader_error(rc, "retrieve: index search failed");
-            break;
+        size_t nv = 0, nl = 0;
+        if (use_vec) {
+            STAT_INC(rt, index_queries);
+            rc = rt->index->search(rt->index->self, vec, kp, &filter, vh, &nv);
+            if (rc) {
+                rc = reader_error(rc, "retrieve: index search failed");
+                break;
+            }
+            if (nv > kp)
+                nv = kp; /* defensive: never trust a callee to respect the buffer */
         }
-        if (n > kp)
-            n = kp; /* defensive: never trust a callee to respect the buffer */
-        /* Only a full page means the index may hold more candidates. */
-        int more = n == kp && kp < RAG_RETRIEVE_FETCH_MAX;
+        if (use_lex) {
+            STAT_INC(rt, lexical_queries);
+            rc = rt->index->search_lexical(rt->index->self, text, tlen, kp, &filter, lh, &nl);
+            if (rc) {
+                rc = reader_error(rc, "retrieve: lexical search failed");
+                break;
+            }
+            if (nl > kp)
+                nl = kp;
+        }
+        /* Only a full page means a side may hold more candidates. */
+        int more = ((use_vec && nv == kp) || (use_lex && nl == kp)) && kp < RAG_RETRIEVE_FETCH_MAX;
+        const rag_index_hit *hits = use_vec ? vh : lh;
+        size_t n = use_vec ? nv : nl;
+        if (mode == RAG_MODE_HYBRID) {
+            n = fuse(vh, nv, lh, nl, rt->lexical_weight, refs, fused);
+            hits = fused;
+            if (newest_versions_only(fused, &n) && mixes_left > 0) {
+                /* a switch ran between the two sides: the new version's labels carry only
+                 * one side's score, so ask both sides again (bounded, like the races below) */
+                mixes_left--;
+                continue;
+            }
+        }
         size_t kept = 0, raced = 0;
         rc = finish(rt, hits, n, k, more ? k : 0, out, &kept, &raced, final_hits);
         if (rc)
@@ -617,7 +807,10 @@ static int search_index(rag_retrieve *rt, const rag_query *q, const float *vec, 
             break;
         kp = kp * 2 > RAG_RETRIEVE_FETCH_MAX ? RAG_RETRIEVE_FETCH_MAX : kp * 2;
     }
-    free(hits);
+    free(vh);
+    free(lh);
+    free(fused);
+    free(refs);
     return rc;
 }
 
@@ -642,7 +835,12 @@ int rag_retrieve_search(rag_retrieve *rt, const rag_query *q, rag_results **out)
         free(text);
         return rag_error_set(RAG_EINVAL, "query text is empty");
     }
-    const int mode = RAG_MODE_VECTOR; /* the effective mode of DEFAULT in this build */
+    int mode = 0;
+    rc = effective_mode(rt, q->mode, &mode);
+    if (rc) {
+        free(text);
+        return rc;
+    }
 
     /* Cache lookup.  No epoch -> no cache: correctness first. */
     uint64_t epoch = 0;
@@ -651,7 +849,7 @@ int rag_retrieve_search(rag_retrieve *rt, const rag_query *q, rag_results **out)
     rag_wbuf_init(&mat);
     uint8_t key[16];
     if (use_cache) {
-        rc = key_material(q, text, tlen, mode, k, epoch, &mat);
+        rc = key_material(rt, q, text, tlen, mode, k, epoch, &mat);
         if (rc)
             goto done;
         rag_hash128(mat.data, mat.len, key);
@@ -673,21 +871,27 @@ int rag_retrieve_search(rag_retrieve *rt, const rag_query *q, rag_results **out)
         } else {
             STAT_INC(rt, cache_misses);
         }
+    } else {
+        STAT_INC(rt, cache_bypass);
     }
 
-    float *vec = malloc((size_t)rt->provider->dim * sizeof *vec);
+    /* Lexical search needs no embedding: the provider is not called at all. */
+    const int need_vec = mode != RAG_MODE_LEXICAL;
+    float *vec = need_vec ? malloc((size_t)rt->provider->dim * sizeof *vec) : NULL;
     rag_index_hit *final_hits = use_cache ? malloc(k * sizeof *final_hits) : NULL;
-    if (!vec || (use_cache && !final_hits)) {
+    if ((need_vec && !vec) || (use_cache && !final_hits)) {
         free(vec);
         free(final_hits);
         rc = rag_error_set(RAG_ENOMEM, "retrieve: out of memory");
         goto done;
     }
-    const char *texts[1] = {text};
-    size_t lens[1] = {tlen};
-    rc = rag_embed_texts(rt->provider, texts, lens, 1, vec);
+    if (need_vec) {
+        const char *texts[1] = {text};
+        size_t lens[1] = {tlen};
+        rc = rag_embed_texts(rt->provider, texts, lens, 1, vec);
+    }
     if (!rc)
-        rc = search_index(rt, q, vec, k, out, final_hits);
+        rc = search_index(rt, q, mode, text, tlen, vec, k, out, final_hits);
     if (!rc && use_cache) {
         /* Store only when the index did not move during the search, so an entry never
          * mixes two epochs' contents under one key. */
@@ -715,6 +919,22 @@ void rag_retrieve__stats(const rag_retrieve *rt, rag_retrieve_stats *out)
     out->cache_stale = __atomic_load_n(&rt->stats.cache_stale, __ATOMIC_RELAXED);
     out->index_queries = __atomic_load_n(&rt->stats.index_queries, __ATOMIC_RELAXED);
     out->cache_drops = __atomic_load_n(&rt->stats.cache_drops, __ATOMIC_RELAXED);
+    out->cache_bypass = __atomic_load_n(&rt->stats.cache_bypass, __ATOMIC_RELAXED);
+    out->lexical_queries = __atomic_load_n(&rt->stats.lexical_queries, __ATOMIC_RELAXED);
+}
+
+void rag_retrieve_stats_get(rag_retrieve *rt, uint64_t *hits, uint64_t *misses)
+{
+    rag_retrieve_stats st;
+    memset(&st, 0, sizeof st);
+    if (rt)
+        rag_retrieve__stats(rt, &st);
+    /* A miss is a search that went to the index: no entry, an entry no longer valid, or no
+     * cache to ask (disabled, or no index epoch). */
+    if (hits)
+        *hits = st.cache_hits;
+    if (misses)
+        *misses = st.cache_misses + st.cache_stale + st.cache_bypass;
 }
 
 void rag_retrieve__set_cache_max(rag_retrieve *rt, size_t max_entries)

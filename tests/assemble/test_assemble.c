@@ -496,6 +496,145 @@ static void test_custom_template_repeated_context(void **state)
     }
 }
 
+/* A token counter that counts words (maximal runs of non-whitespace bytes). */
+typedef struct word_counter {
+    long calls;
+} word_counter;
+
+static size_t count_words(void *arg, const char *text, size_t len)
+{
+    word_counter *wc = arg;
+    if (wc)
+        wc->calls++;
+    size_t n = 0;
+    int in = 0;
+    for (size_t i = 0; i < len; i++) {
+        int sp = text[i] == ' ' || text[i] == '\n' || text[i] == '\t' || text[i] == '\r';
+        n += !sp && !in;
+        in = !sp;
+    }
+    return n;
+}
+
+static char *build_counted(fixture *f, rag_result *items, size_t n, size_t budget,
+                           rag_prompt_format fmt, word_counter *wc, int expect)
+{
+    rag_results r = {n, items};
+    rag_assemble_opts o = RAG_ASSEMBLE_INIT;
+    o.question = "Which words are there?";
+    o.token_budget = budget;
+    o.format = fmt;
+    o.count_tokens = count_words;
+    o.count_tokens_arg = wc;
+    char *out = (char *)1;
+    assert_int_equal(rag_assembler_build(f->as, &r, &o, &out), expect);
+    if (expect != RAG_OK) {
+        assert_null(out);
+        return NULL;
+    }
+    size_t bad;
+    assert_int_equal(rag_utf8_check(out, strlen(out), &bad), RAG_OK);
+    return out;
+}
+
+static void test_token_counter(void **state)
+{
+    fixture *f = *state;
+    enum { N = 20 };
+    rag_result items[N];
+    static char texts[N][900], docs[N][16];
+    for (int i = 0; i < N; i++) {
+        snprintf(docs[i], sizeof docs[i], "doc%d", i);
+        int w = 0;
+        /* long words: ~11 bytes each, so words and the 4-bytes estimate disagree widely */
+        for (int j = 0; w < 800; j++)
+            w += snprintf(texts[i] + w, sizeof texts[i] - w, "longword%02d%02d ", i, j % 100);
+        items[i] = res(docs[i], 1, 0, texts[i], "A title", "https://example.org/x");
+    }
+    static const size_t budgets[] = {90, 150, 200, 333, 500, 1000, 5000};
+    for (int fmt = 0; fmt < 2; fmt++) {
+        size_t prev_blocks = 0;
+        for (size_t b = 0; b < sizeof budgets / sizeof budgets[0]; b++) {
+            word_counter wc = {0};
+            char *out = build_counted(f, items, N, budgets[b], (rag_prompt_format)fmt, &wc,
+                                      RAG_OK);
+            assert_true(wc.calls > 0);
+            /* the prompt's word count is within the budget */
+            size_t words = count_words(NULL, out, strlen(out));
+            assert_true(words <= budgets[b]);
+            size_t blocks = count_occ(out, fmt == RAG_PROMPT_JSON ? "\\n<<<end source"
+                                                                  : "\n<<<end source");
+            if (fmt == RAG_PROMPT_TEXT)
+                assert_int_equal(check_fences(out), blocks);
+            assert_true(blocks >= prev_blocks);
+            prev_blocks = blocks;
+            if (budgets[b] == 5000)
+                assert_int_equal(blocks, N);
+            if (budgets[b] >= 333 && budgets[b] < 5000) {
+                /* the budget is used, not left mostly empty: over 3/4 of it is spent */
+                assert_true(blocks >= 2);
+                assert_true(words * 4 > budgets[b] * 3);
+            }
+            if (fmt == RAG_PROMPT_JSON) {
+                json_error_t err;
+                json_t *j = json_loads(out, 0, &err);
+                assert_non_null(j);
+                json_decref(j);
+            }
+            rag_free(out);
+        }
+    }
+
+    /* With the counter, 1000 tokens are 1000 words (~11 KB here); with the built-in
+     * estimate 1000 tokens are 4000 bytes: the counter really replaced the estimate. */
+    word_counter wc = {0};
+    char *counted = build_counted(f, items, N, 1000, RAG_PROMPT_TEXT, &wc, RAG_OK);
+    char *estimated = build(f, items, N, "Which words are there?", 1000, RAG_PROMPT_TEXT, NULL,
+                            RAG_OK);
+    assert_true(strlen(counted) > 2 * strlen(estimated));
+    assert_true(strlen(counted) > 4000);
+    rag_free(counted);
+    rag_free(estimated);
+
+    /* a block that does not fit whole is cut by the counter: a partial block, still within
+     * the budget, ending with the ellipsis */
+    static char big[6000];
+    for (int j = 0, w = 0; j < 400; j++)
+        w += snprintf(big + w, sizeof big - w, "bigword%03d ", j); /* 400 words */
+    rag_result one[] = {res("big", 1, 0, big, "T", "")};
+    for (int fmt = 0; fmt < 2; fmt++) {
+        counted = build_counted(f, one, 1, 250, (rag_prompt_format)fmt, NULL, RAG_OK);
+        size_t words = count_words(NULL, counted, strlen(counted));
+        assert_true(words <= 250);
+        assert_true(words >= 240); /* the cut is at the last word that fits, about */
+        assert_non_null(strstr(counted, "bigword100"));
+        assert_null(strstr(counted, "bigword300"));
+        assert_non_null(strstr(counted, "\xE2\x80\xA6")); /* … marks the cut */
+        rag_free(counted);
+    }
+
+    /* the template and question alone exceed the budget: the detail gives the counted size */
+    build_counted(f, items, N, 20, RAG_PROMPT_TEXT, NULL, RAG_ETOOBIG);
+    assert_non_null(strstr(rag_error_last(), "budget is 20"));
+
+    /* a version-1 options struct has no counter fields: they are never read (the struct is
+     * allocated to its version-1 size, so ASan would see a read past it) */
+    size_t v1 = offsetof(rag_assemble_opts, count_tokens);
+    rag_assemble_opts init = RAG_ASSEMBLE_INIT;
+    init.version = 1;
+    init.question = "Which words are there?";
+    init.token_budget = 1000;
+    rag_assemble_opts *o1 = malloc(v1);
+    memcpy(o1, &init, v1);
+    rag_results r = {N, items};
+    char *out = NULL;
+    assert_int_equal(rag_assembler_build(f->as, &r, o1, &out), RAG_OK);
+    assert_true(rag_assemble__estimate_tokens(strlen(out)) <= 1000);
+    assert_true(strlen(out) <= 4000);
+    rag_free(out);
+    free(o1);
+}
+
 static void test_sanitize(void **state)
 {
     (void)state;
@@ -544,6 +683,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_adversarial_text, setup, teardown),
         cmocka_unit_test_setup_teardown(test_json_output, setup, teardown),
         cmocka_unit_test_setup_teardown(test_custom_template_repeated_context, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_token_counter, setup, teardown),
         cmocka_unit_test(test_sanitize),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -84,12 +84,38 @@ static int teardown(void **state)
     return 0;
 }
 
+/* Most tests exercise the machinery shared by every mode (validation, re-queries, cache,
+ * ACLs) on the vector side; the mode tests below cover lexical, hybrid and DEFAULT. */
 static rag_query query(const char *text, size_t k)
 {
     rag_query q = RAG_QUERY_INIT;
     q.text = text;
     q.k = k;
+    q.mode = RAG_MODE_VECTOR;
     return q;
+}
+
+static rag_query mquery(const char *text, size_t k, rag_search_mode mode)
+{
+    rag_query q = query(text, k);
+    q.mode = mode;
+    return q;
+}
+
+static fr_chunk *find_chunk(fixture *f, const char *doc, uint32_t chunk)
+{
+    for (size_t i = 0; i < f->w->nchunks; i++)
+        if (strcmp(f->w->chunks[i].doc_id, doc) == 0 && f->w->chunks[i].chunk_no == chunk)
+            return &f->w->chunks[i];
+    return NULL;
+}
+
+static const rag_result *find_result(const rag_results *r, const char *doc, uint32_t chunk)
+{
+    for (size_t i = 0; i < r->count; i++)
+        if (strcmp(r->items[i].doc_id, doc) == 0 && r->items[i].chunk == chunk)
+            return &r->items[i];
+    return NULL;
 }
 
 static void assert_sorted(const rag_results *r)
@@ -475,11 +501,13 @@ static void test_cache_cap_and_epoch_failure(void **state)
     rag_retrieve_results_free(r);
 }
 
-static void test_unsupported_modes(void **state)
+static void test_modes_without_lexical_side(void **state)
 {
     fixture *f = *state;
     populate(f, 2);
+    f->ix.search_lexical = NULL; /* an index reader without the BM25 side */
     open_rt(f);
+    int embeds = f->pst->calls;
     rag_query q = query("apples", 3);
     rag_results *r = (rag_results *)1;
     q.mode = RAG_MODE_LEXICAL;
@@ -491,14 +519,440 @@ static void test_unsupported_modes(void **state)
     assert_non_null(strstr(rag_error_last(), "hybrid"));
     q.mode = (rag_search_mode)42;
     assert_int_equal(rag_retrieve_search(f->rt, &q, &r), RAG_EINVAL);
+    assert_int_equal(f->pst->calls, embeds); /* refused before any work */
     q.mode = RAG_MODE_VECTOR;
     assert_int_equal(rag_retrieve_search(f->rt, &q, &r), RAG_OK);
     assert_int_equal(r->count, 3);
     rag_retrieve_results_free(r);
+    /* DEFAULT falls back to the vector side: same effective mode, same cache entry */
     q.mode = RAG_MODE_DEFAULT;
     assert_int_equal(rag_retrieve_search(f->rt, &q, &r), RAG_OK);
     rag_retrieve_results_free(r);
-    assert_int_equal(f->w->search_calls, 1); /* DEFAULT == VECTOR: same cache entry */
+    assert_int_equal(f->w->search_calls, 1);
+    rag_retrieve_close(f->rt);
+    f->rt = NULL;
+
+    /* a version-1 reader struct has no search_lexical slot, whatever the memory holds */
+    fr_readers(f->w, &f->ig, &f->ix);
+    f->ix.version = 1;
+    open_rt(f);
+    q.mode = RAG_MODE_HYBRID;
+    assert_int_equal(rag_retrieve_search(f->rt, &q, &r), RAG_EUNSUPPORTED);
+    assert_int_equal(f->w->lex_calls, 0);
+}
+
+static void test_lexical_mode(void **state)
+{
+    fixture *f = *state;
+    populate(f, 8);
+    fr_add_doc(f->w, "bread-book", "Bread", "");
+    fr_add_chunk(f->w, f->prov, "bread-book", 1, 0, "Bread, bread and more bread: sourdough bread.");
+    find_chunk(f, "doc-00", 0)->acl[0] = "alice";
+    open_rt(f);
+    int embeds = f->pst->calls;
+    rag_query q = mquery("the Bread of SOURDOUGH", 10, RAG_MODE_LEXICAL);
+    rag_results *r = NULL;
+    assert_int_equal(rag_retrieve_search(f->rt, &q, &r), RAG_OK);
+    assert_int_equal(f->pst->calls, embeds); /* no embedding in lexical mode */
+    assert_int_equal(f->w->search_calls, 0); /* nor a vector search */
+    assert_int_equal(f->w->lex_calls, 1);
+    assert_string_equal(f->w->last_lex_query, "the Bread of SOURDOUGH"); /* NFC text as is */
+    /* doc-04 is about "baking sourdough bread" (2 terms per chunk), bread-book has 5 */
+    assert_int_equal(r->count, 3);
+    assert_string_equal(r->items[0].doc_id, "bread-book");
+    assert_true(r->items[0].score == 5.0f); /* raw BM25-side score, not normalised */
+    assert_string_equal(r->items[1].doc_id, "doc-04");
+    assert_true(r->items[1].score == 2.0f);
+    assert_string_equal(r->items[0].text, "Bread, bread and more bread: sourdough bread.");
+    assert_int_equal(f->w->lex_ks[0], 10 + 10 / 4 + 8);
+    rag_retrieve_results_free(r);
+
+    /* ACL filter goes to the lexical side too */
+    const char *princ[] = {"alice"};
+    q = mquery("apples orchards", 10, RAG_MODE_LEXICAL);
+    assert_int_equal(rag_retrieve_search(f->rt, &q, &r), RAG_OK);
+    assert_int_equal(f->w->last_unrestricted, 0);
+    assert_int_equal(r->count, 1); /* doc-00#1 only: #0 is alice's */
+    assert_null(find_result(r, "doc-00", 0));
+    rag_retrieve_results_free(r);
+    q.principals = princ;
+    q.principal_count = 1;
+    assert_int_equal(rag_retrieve_search(f->rt, &q, &r), RAG_OK);
+    assert_int_equal(r->count, 2);
+    assert_string_equal(f->w->last_principals[0], "alice");
+    rag_retrieve_results_free(r);
+
+    /* no term in common: an empty result, not an error */
+    q = mquery("zebra", 10, RAG_MODE_LEXICAL);
+    assert_int_equal(rag_retrieve_search(f->rt, &q, &r), RAG_OK);
+    assert_int_equal(r->count, 0);
+    rag_retrieve_results_free(r);
+
+    /* a failing lexical side fails the search, in lexical and in hybrid mode */
+    f->w->lex_fail = RAG_EINDEX;
+    q = mquery("bread again", 10, RAG_MODE_LEXICAL);
+    assert_int_equal(rag_retrieve_search(f->rt, &q, &r), RAG_EINDEX);
+    assert_non_null(strstr(rag_error_last(), "lexical search failed: fake lexical failure"));
+    assert_null(r);
+    q.mode = RAG_MODE_HYBRID;
+    assert_int_equal(rag_retrieve_search(f->rt, &q, &r), RAG_EINDEX);
+    assert_null(r);
+    f->w->lex_fail = 0;
+}
+
+/* Four chunks with hand-set scores on each side. */
+static void fixed_world(fixture *f)
+{
+    populate(f, 4);
+    f->w->fixed_scores = 1;
+    for (size_t i = 0; i < f->w->nchunks; i++)
+        f->w->chunks[i].vscore = f->w->chunks[i].lscore = 0;
+    find_chunk(f, "doc-00", 0)->vscore = 0.9f;  /* vector only */
+    find_chunk(f, "doc-01", 0)->vscore = 0.45f;
+    find_chunk(f, "doc-01", 0)->lscore = 4.0f;
+    find_chunk(f, "doc-02", 0)->vscore = 0.3f;
+    find_chunk(f, "doc-02", 0)->lscore = 8.0f;
+    find_chunk(f, "doc-03", 0)->lscore = 3.0f;  /* lexical only */
+    find_chunk(f, "doc-03", 1)->vscore = -0.5f; /* a negative similarity counts as 0 */
+    find_chunk(f, "doc-03", 1)->lscore = 1.0f;
+}
+
+static void test_fusion_arithmetic(void **state)
+{
+    fixture *f = *state;
+    fixed_world(f);
+    f->cfg.hybrid_lexical_weight = 0.8f;
+    open_rt(f);
+    rag_query q = mquery("anything", 10, RAG_MODE_HYBRID);
+    rag_results *r = NULL;
+    assert_int_equal(rag_retrieve_search(f->rt, &q, &r), RAG_OK);
+    assert_int_equal(f->w->search_calls, 1);
+    assert_int_equal(f->w->lex_calls, 1);
+    /* both sides were asked for max(4k, 50) candidates */
+    assert_int_equal(f->w->ks[0], 50);
+    assert_int_equal(f->w->lex_ks[0], 50);
+    /* w = 0.8, max vec = 0.9, max lex = 8:
+     *   doc-02#0  0.8 * 8/8 + 0.2 * 0.3/0.9  = 0.866667
+     *   doc-01#0  0.8 * 4/8 + 0.2 * 0.45/0.9 = 0.5
+     *   doc-03#0  0.8 * 3/8 + 0                = 0.3   (no vector hit)
+     *   doc-00#0  0           + 0.2 * 0.9/0.9 = 0.2   (no lexical hit)
+     *   doc-03#1  0.8 * 1/8 + 0 (negative)     = 0.1 */
+    assert_int_equal(r->count, 5);
+    assert_sorted(r);
+    assert_string_equal(r->items[0].doc_id, "doc-02");
+    assert_float_equal(r->items[0].score, 0.8 + 0.2 / 3.0, 1e-5);
+    assert_string_equal(r->items[1].doc_id, "doc-01");
+    assert_float_equal(r->items[1].score, 0.5, 1e-5);
+    assert_string_equal(r->items[2].doc_id, "doc-03");
+    assert_int_equal(r->items[2].chunk, 0);
+    assert_float_equal(r->items[2].score, 0.3, 1e-5);
+    assert_string_equal(r->items[3].doc_id, "doc-00");
+    assert_float_equal(r->items[3].score, 0.2, 1e-5);
+    assert_string_equal(r->items[4].doc_id, "doc-03");
+    assert_int_equal(r->items[4].chunk, 1);
+    assert_float_equal(r->items[4].score, 0.1, 1e-5);
+    /* each label once, with its own text */
+    assert_string_equal(r->items[0].text, find_chunk(f, "doc-02", 0)->text);
+    rag_retrieve_results_free(r);
+
+    /* top-k of the fused list */
+    q.k = 2;
+    assert_int_equal(rag_retrieve_search(f->rt, &q, &r), RAG_OK);
+    assert_int_equal(r->count, 2);
+    assert_string_equal(r->items[0].doc_id, "doc-02");
+    assert_string_equal(r->items[1].doc_id, "doc-01");
+    rag_retrieve_results_free(r);
+    rag_retrieve_close(f->rt);
+    f->rt = NULL;
+
+    /* another weight: w = 0.25 puts the vector side first */
+    f->cfg.hybrid_lexical_weight = 0.25f;
+    open_rt(f);
+    q.k = 10;
+    assert_int_equal(rag_retrieve_search(f->rt, &q, &r), RAG_OK);
+    assert_string_equal(r->items[0].doc_id, "doc-00");
+    assert_float_equal(r->items[0].score, 0.75, 1e-5);
+    assert_string_equal(r->items[1].doc_id, "doc-01"); /* 0.25 * .5 + .75 * .5 = 0.5 */
+    assert_float_equal(r->items[1].score, 0.5, 1e-5);
+    assert_string_equal(r->items[2].doc_id, "doc-02"); /* 0.25 + 0.75 / 3 = 0.5 */
+    assert_float_equal(r->items[2].score, 0.5, 1e-5);
+    rag_retrieve_results_free(r);
+}
+
+static void test_weights_reproduce_single_sides(void **state)
+{
+    fixture *f = *state;
+    populate(f, 8);
+    fr_add_doc(f->w, "extra", "Extra", "");
+    fr_add_chunk(f->w, f->prov, "extra", 1, 0, "jazz music and more jazz music about rivers");
+    const char *text = "jazz music on rivers";
+    rag_results *vec = NULL, *lex = NULL, *r = NULL;
+
+    /* reference results of the single sides, without the cache */
+    open_rt(f);
+    rag_retrieve__set_cache_max(f->rt, 0);
+    rag_query q = mquery(text, 5, RAG_MODE_VECTOR);
+    assert_int_equal(rag_retrieve_search(f->rt, &q, &vec), RAG_OK);
+    q.mode = RAG_MODE_LEXICAL;
+    assert_int_equal(rag_retrieve_search(f->rt, &q, &lex), RAG_OK);
+    assert_true(lex->count >= 3);
+    /* the sides disagree, or this test would prove nothing */
+    int differ = vec->count != lex->count;
+    for (size_t i = 0; !differ && i < vec->count; i++)
+        differ = strcmp(vec->items[i].doc_id, lex->items[i].doc_id) != 0 ||
+                 vec->items[i].chunk != lex->items[i].chunk;
+    assert_true(differ);
+    rag_retrieve_close(f->rt);
+    f->rt = NULL;
+
+    for (int side = 0; side < 2; side++) {
+        /* 0 in rag_options means "the default"; a negative value means 0 */
+        rag_options o;
+        rag_options_init(&o);
+        o.no_sync = 1;
+        o.map_size_mb = 64;
+        o.hybrid_lexical_weight = side == 0 ? -1.0f : 1.0f;
+        assert_int_equal(rag_config_init(&f->cfg, f->dir, &o), RAG_OK);
+        assert_true(f->cfg.hybrid_lexical_weight == (side == 0 ? 0.0f : 1.0f));
+        open_rt(f);
+        rag_retrieve__set_cache_max(f->rt, 0);
+        long vcalls = f->w->search_calls, lcalls = f->w->lex_calls;
+        int embeds = f->pst->calls;
+        for (int m = 0; m < 2; m++) {
+            q = mquery(text, 5, m == 0 ? RAG_MODE_HYBRID : RAG_MODE_DEFAULT);
+            assert_int_equal(rag_retrieve_search(f->rt, &q, &r), RAG_OK);
+            assert_results_equal(r, side == 0 ? vec : lex);
+            rag_retrieve_results_free(r);
+        }
+        if (side == 0) {
+            assert_int_equal(f->w->lex_calls, lcalls); /* w = 0: no lexical search */
+            assert_int_equal(f->w->search_calls, vcalls + 2);
+        } else {
+            assert_int_equal(f->w->search_calls, vcalls); /* w = 1: no vector search */
+            assert_int_equal(f->pst->calls, embeds);      /* nor an embedding */
+            assert_int_equal(f->w->lex_calls, lcalls + 2);
+        }
+        rag_retrieve_close(f->rt);
+        f->rt = NULL;
+    }
+    rag_retrieve_results_free(vec);
+    rag_retrieve_results_free(lex);
+}
+
+static void test_side_without_hits(void **state)
+{
+    fixture *f = *state;
+    populate(f, 8);
+    open_rt(f);
+    rag_retrieve__set_cache_max(f->rt, 0);
+    /* only stopwords and punctuation: no lexical term, the vector side alone ranks */
+    const char *text = "the and of ???";
+    rag_results *vec = NULL, *hyb = NULL;
+    rag_query q = mquery(text, 6, RAG_MODE_VECTOR);
+    assert_int_equal(rag_retrieve_search(f->rt, &q, &vec), RAG_OK);
+    q.mode = RAG_MODE_DEFAULT;
+    assert_int_equal(rag_retrieve_search(f->rt, &q, &hyb), RAG_OK);
+    assert_int_equal(f->w->lex_calls, 1); /* asked, and it had nothing */
+    assert_int_equal(hyb->count, 6);
+    assert_int_equal(vec->count, 6);
+    const double w = f->cfg.hybrid_lexical_weight;
+    for (size_t i = 0; i < hyb->count; i++) {
+        assert_string_equal(hyb->items[i].doc_id, vec->items[i].doc_id);
+        assert_int_equal(hyb->items[i].chunk, vec->items[i].chunk);
+        assert_float_equal(hyb->items[i].score,
+                           (1 - w) * vec->items[i].score / vec->items[0].score, 1e-5);
+    }
+    rag_retrieve_results_free(vec);
+    rag_retrieve_results_free(hyb);
+
+    /* the other way round: nothing on the vector side */
+    f->w->fixed_scores = 1;
+    for (size_t i = 0; i < f->w->nchunks; i++) {
+        f->w->chunks[i].vscore = 0;
+        f->w->chunks[i].lscore = (float)(i % 5);
+    }
+    q = mquery("whatever", 4, RAG_MODE_HYBRID);
+    assert_int_equal(rag_retrieve_search(f->rt, &q, &hyb), RAG_OK);
+    assert_int_equal(hyb->count, 4);
+    for (size_t i = 0; i < 3; i++) /* three chunks have lscore 4, the best */
+        assert_float_equal(hyb->items[i].score, w, 1e-5);
+    assert_float_equal(hyb->items[3].score, w * 3 / 4, 1e-5);
+    rag_retrieve_results_free(hyb);
+    /* nothing on either side: no results */
+    for (size_t i = 0; i < f->w->nchunks; i++)
+        f->w->chunks[i].lscore = 0;
+    assert_int_equal(rag_retrieve_search(f->rt, &q, &hyb), RAG_OK);
+    assert_int_equal(hyb->count, 0);
+    rag_retrieve_results_free(hyb);
+}
+
+static void test_cache_key_per_mode(void **state)
+{
+    fixture *f = *state;
+    fixed_world(f);
+    open_rt(f);
+    rag_search_mode modes[] = {RAG_MODE_VECTOR, RAG_MODE_LEXICAL, RAG_MODE_HYBRID};
+    rag_results *first[3] = {NULL, NULL, NULL};
+    rag_retrieve_stats st;
+    for (int m = 0; m < 3; m++) {
+        rag_query q = mquery("same text", 3, modes[m]);
+        assert_int_equal(rag_retrieve_search(f->rt, &q, &first[m]), RAG_OK);
+        rag_retrieve__stats(f->rt, &st);
+        assert_int_equal(st.cache_misses, (uint64_t)m + 1); /* each mode its own key */
+        assert_int_equal(st.cache_hits, 0);
+    }
+    /* different answers per mode, so a shared key would have been visible */
+    assert_string_equal(first[0]->items[0].doc_id, "doc-00");
+    assert_string_equal(first[1]->items[0].doc_id, "doc-02");
+    assert_true(first[1]->items[0].score == 8.0f);
+    assert_true(first[2]->items[0].score < 1.0f);
+    long vcalls = f->w->search_calls, lcalls = f->w->lex_calls;
+    for (int m = 0; m < 3; m++) {
+        rag_query q = mquery("same text", 3, modes[m]);
+        rag_results *r = NULL;
+        assert_int_equal(rag_retrieve_search(f->rt, &q, &r), RAG_OK);
+        assert_results_equal(r, first[m]);
+        rag_retrieve_results_free(r);
+    }
+    /* DEFAULT is HYBRID: the hybrid entry answers it */
+    rag_query q = mquery("same text", 3, RAG_MODE_DEFAULT);
+    rag_results *r = NULL;
+    assert_int_equal(rag_retrieve_search(f->rt, &q, &r), RAG_OK);
+    assert_results_equal(r, first[2]);
+    rag_retrieve_results_free(r);
+    rag_retrieve__stats(f->rt, &st);
+    assert_int_equal(st.cache_hits, 4);
+    assert_int_equal(f->w->search_calls, vcalls);
+    assert_int_equal(f->w->lex_calls, lcalls);
+    rag_retrieve_close(f->rt);
+    f->rt = NULL;
+
+    /* the cache persists; reopened with another fusion weight, the hybrid entry is not used
+     * (its scores were computed with the old weight) but the single-side ones are */
+    f->cfg.hybrid_lexical_weight = 0.5f;
+    open_rt(f);
+    for (int m = 0; m < 3; m++) {
+        q = mquery("same text", 3, modes[m]);
+        assert_int_equal(rag_retrieve_search(f->rt, &q, &r), RAG_OK);
+        if (m < 2)
+            assert_results_equal(r, first[m]);
+        else
+            assert_float_equal(r->items[0].score, 0.5 + 0.5 / 3.0, 1e-5);
+        rag_retrieve_results_free(r);
+    }
+    rag_retrieve__stats(f->rt, &st);
+    assert_int_equal(st.cache_hits, 2);
+    assert_int_equal(st.cache_misses, 1);
+    for (int m = 0; m < 3; m++)
+        rag_retrieve_results_free(first[m]);
+}
+
+static void test_cache_counters(void **state)
+{
+    fixture *f = *state;
+    populate(f, 8);
+    open_rt(f);
+    uint64_t hits = 99, misses = 99;
+    rag_retrieve_stats_get(f->rt, &hits, &misses);
+    assert_int_equal(hits, 0);
+    assert_int_equal(misses, 0);
+    rag_query q = mquery("rivers and boats", 3, RAG_MODE_DEFAULT);
+    rag_results *r = NULL;
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(rag_retrieve_search(f->rt, &q, &r), RAG_OK);
+        rag_retrieve_results_free(r);
+    }
+    rag_retrieve_stats_get(f->rt, &hits, &misses);
+    assert_int_equal(hits, 2);
+    assert_int_equal(misses, 1);
+    /* a stale entry (a cached hit deleted in ingest) went to the index: a miss */
+    assert_int_equal(rag_retrieve_search(f->rt, &q, &r), RAG_OK);
+    fr_find_doc(f->w, r->items[0].doc_id)->deleted = 1;
+    rag_retrieve_results_free(r);
+    assert_int_equal(rag_retrieve_search(f->rt, &q, &r), RAG_OK);
+    rag_retrieve_results_free(r);
+    rag_retrieve_stats_get(f->rt, &hits, &misses);
+    assert_int_equal(hits, 3);
+    assert_int_equal(misses, 2);
+    /* without a cache every search is a miss */
+    rag_retrieve__set_cache_max(f->rt, 0);
+    assert_int_equal(rag_retrieve_search(f->rt, &q, &r), RAG_OK);
+    rag_retrieve_results_free(r);
+    rag_retrieve__set_cache_max(f->rt, 100);
+    f->w->epoch_fails = 1; /* no epoch, no cache */
+    assert_int_equal(rag_retrieve_search(f->rt, &q, &r), RAG_OK);
+    rag_retrieve_results_free(r);
+    rag_retrieve_stats_get(f->rt, &hits, &misses);
+    assert_int_equal(hits, 3);
+    assert_int_equal(misses, 4);
+    /* a failed search is not counted as a hit */
+    f->w->epoch_fails = 0;
+    f->w->lex_fail = RAG_EINDEX;
+    q.text = "something new";
+    assert_int_equal(rag_retrieve_search(f->rt, &q, &r), RAG_EINDEX);
+    rag_retrieve_stats_get(f->rt, &hits, &misses);
+    assert_int_equal(hits, 3);
+    assert_int_equal(misses, 5);
+    f->w->lex_fail = 0;
+    /* NULL-tolerant */
+    rag_retrieve_stats_get(f->rt, NULL, &misses);
+    rag_retrieve_stats_get(NULL, &hits, &misses);
+    assert_int_equal(hits, 0);
+    assert_int_equal(misses, 0);
+}
+
+static void test_hybrid_requery_after_deletes(void **state)
+{
+    fixture *f = *state;
+    populate(f, 100); /* 200 chunks; every chunk mentions "document" and "chunk" */
+    open_rt(f);
+    rag_retrieve__set_cache_max(f->rt, 0);
+    /* delete 90 documents: far more than the first page (80 per side) can absorb */
+    for (size_t i = 0; i < 90; i++)
+        f->w->docs[i].deleted = 1;
+    rag_query q = mquery("chunk of document about jazz music", 20, RAG_MODE_HYBRID);
+    rag_results *r = NULL;
+    assert_int_equal(rag_retrieve_search(f->rt, &q, &r), RAG_OK);
+    assert_int_equal(r->count, 20);
+    assert_sorted(r);
+    for (size_t i = 0; i < r->count; i++)
+        assert_int_equal(fr_find_doc(f->w, r->items[i].doc_id)->deleted, 0);
+    for (size_t i = 0; i < 2; i++) /* the live jazz chunks (doc-93) first */
+        assert_non_null(strstr(r->items[i].text, "jazz music"));
+    /* it took re-queries, each side with a growing page */
+    assert_true(f->w->lex_calls >= 2);
+    assert_int_equal(f->w->lex_calls, f->w->search_calls);
+    assert_int_equal(f->w->lex_ks[0], 80);
+    for (long c = 1; c < f->w->lex_calls; c++) {
+        assert_true(f->w->lex_ks[c] > f->w->lex_ks[c - 1]);
+        assert_int_equal(f->w->ks[c], f->w->lex_ks[c]);
+    }
+    rag_retrieve_results_free(r);
+
+    /* lexical mode re-queries the same way */
+    long before = f->w->lex_calls;
+    q.mode = RAG_MODE_LEXICAL;
+    q.k = 15;
+    assert_int_equal(rag_retrieve_search(f->rt, &q, &r), RAG_OK);
+    assert_int_equal(r->count, 15);
+    for (size_t i = 0; i < r->count; i++)
+        assert_int_equal(fr_find_doc(f->w, r->items[i].doc_id)->deleted, 0);
+    assert_true(f->w->lex_calls - before >= 2);
+    rag_retrieve_results_free(r);
+
+    /* a version that vanished from ingest between the index and the snapshot: search again */
+    for (size_t i = 0; i < 90; i++)
+        f->w->docs[i].deleted = 0;
+    find_chunk(f, "doc-99", 0)->text = NULL;
+    find_chunk(f, "doc-99", 1)->text = NULL;
+    before = f->w->lex_calls;
+    q.mode = RAG_MODE_HYBRID;
+    q.k = 5;
+    assert_int_equal(rag_retrieve_search(f->rt, &q, &r), RAG_OK);
+    assert_int_equal(r->count, 5);
+    assert_int_equal(f->w->lex_calls - before, 4); /* 1 + 3 bounded retries */
+    assert_null(find_result(r, "doc-99", 0));
+    rag_retrieve_results_free(r);
 }
 
 static void test_invalid_input(void **state)
@@ -581,9 +1035,11 @@ typedef struct thread_arg {
 static void *search_thread(void *p)
 {
     thread_arg *a = p;
-    static const char *qs[] = {"apples", "rivers", "jazz music", "tax law", "bread"};
+    /* every chunk matches "chunk": enough hits in each mode, lexical included */
+    static const char *qs[] = {"chunk apples", "chunk rivers", "chunk jazz music",
+                               "chunk tax law", "chunk bread"};
     for (int i = 0; i < 60; i++) {
-        rag_query q = query(qs[(i + a->id) % 5], 5);
+        rag_query q = mquery(qs[(i + a->id) % 5], 5, (rag_search_mode)(a->id % 4));
         rag_results *r = NULL;
         if (rag_retrieve_search(a->f->rt, &q, &r) != RAG_OK || r->count != 5)
             a->failures++;
@@ -626,7 +1082,14 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_cache_hit_and_epoch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cache_nfc_key_and_persistence, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cache_cap_and_epoch_failure, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_unsupported_modes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_modes_without_lexical_side, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lexical_mode, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fusion_arithmetic, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_weights_reproduce_single_sides, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_side_without_hits, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cache_key_per_mode, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cache_counters, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_hybrid_requery_after_deletes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_invalid_input, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reader_failures, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_searches, setup, teardown),

@@ -81,6 +81,11 @@ typedef struct rag_ingest_doc_state {
     uint64_t saga_version, saga_deadline_ms;
 } rag_ingest_doc_state;
 
+/* Session consistency: *failed = 1 when version `version` of `doc_id` failed for good (its
+ * version row is VERSION_FAILED, or its put saga is compensating or failed), so a reader
+ * waiting for it to be applied must stop waiting.  Read-only. */
+int rag_ingest_version_failed(rag_ingest *ig, const char *doc_id, uint64_t version, int *failed);
+
 int rag_ingest_scan(rag_ingest *ig, int (*fn)(void *arg, const rag_ingest_doc_state *d),
                     void *arg);
 
