@@ -3,12 +3,15 @@
 #   1. install missing dependencies (scripts/install-deps.sh)
 #   2. build/        RelWithDebInfo, benchmarks included; ctest
 #   3. build-asan/   -DRAG_SANITIZE=ON (ASan+UBSan, leaks included), no benchmarks; ctest
+#   4. fuzz          scripts/fuzz.sh: the libFuzzer targets of tests/fuzz (clang, build-fuzz/),
+#                    each run RAG_FUZZ_SECONDS (default 20) under ASan+UBSan; counts as one test
 # Every stage runs even when an earlier one failed (so one run shows everything); the exit
 # status is non-zero when any stage failed, and the last line is a one-line summary.
 #
 # Environment: JOBS (build parallelism, default nproc), CTEST_JOBS (default 2),
-# BUILD_DIR / ASAN_BUILD_DIR (default build, build-asan), RAG_TEST_ASAN=0 skips stage 3
-# (local use only; CI runs everything).
+# BUILD_DIR / ASAN_BUILD_DIR (default build, build-asan), RAG_TEST_ASAN=0 skips stage 3,
+# RAG_TEST_FUZZ=0 skips stage 4 (local use only; CI runs everything), RAG_FUZZ_SECONDS (per
+# fuzz target, default 20), FUZZ_BUILD_DIR (default build-fuzz).
 set -uo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
@@ -16,6 +19,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
 JOBS=${JOBS:-$(nproc 2>/dev/null || echo 2)}
 CTEST_JOBS=${CTEST_JOBS:-2}
 RAG_TEST_ASAN=${RAG_TEST_ASAN:-1}
+RAG_TEST_FUZZ=${RAG_TEST_FUZZ:-1}
+RAG_FUZZ_SECONDS=${RAG_FUZZ_SECONDS:-20}
 BUILD_DIR=${BUILD_DIR:-build}
 ASAN_BUILD_DIR=${ASAN_BUILD_DIR:-build-asan}
 start=$(date +%s)
@@ -76,6 +81,23 @@ stage() {
   fi
 }
 
+# fuzz_stage: scripts/fuzz.sh (configure, build, a bounded run of every target); one test.
+fuzz_stage() {
+  local t0 log
+  t0=$(date +%s)
+  log=$log_dir/fuzz.log
+  banner "fuzz: scripts/fuzz.sh $RAG_FUZZ_SECONDS (per target)"
+  JOBS=$JOBS scripts/fuzz.sh "$RAG_FUZZ_SECONDS" 2>&1 | tee "$log"
+  if [ "${PIPESTATUS[0]}" -ne 0 ]; then
+    echo "0 1" >"$log_dir/fuzz.counts"
+    # the failing targets' lines name their artifacts
+    record fuzz 1 "FAILED ($(grep -E '^fuzz [a-z0-9]+: .*CRASH|^fuzz: FAILED' "$log" | paste -sd '|' -), $(($(date +%s) - t0)) s)"
+  else
+    echo "1 0" >"$log_dir/fuzz.counts"
+    record fuzz 0 "ok ($(grep -cE '^fuzz [a-z0-9]+: .*, ok$' "$log") targets, ${RAG_FUZZ_SECONDS} s each, $(($(date +%s) - t0)) s)"
+  fi
+}
+
 banner "dependencies"
 if scripts/install-deps.sh; then
   record deps 0 "ok"
@@ -89,6 +111,11 @@ if [ "$failed" -eq 0 ]; then
     stage build-asan "$ASAN_BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DRAG_SANITIZE=ON -DRAG_BUILD_BENCH=OFF
   else
     results+=("build-asan: skipped (RAG_TEST_ASAN=0)")
+  fi
+  if [ "$RAG_TEST_FUZZ" != "0" ]; then
+    fuzz_stage
+  else
+    results+=("fuzz: skipped (RAG_TEST_FUZZ=0)")
   fi
 fi
 

@@ -1,0 +1,12 @@
+/* libFuzzer target: rag_ingest__parse(RAG_FMT_XML): libxml2's XML parser and the walk of
+ * DocBook / XHTML / Mallard trees; then the chunker.
+ * The body is in fuzz_body.h, shared with tests/ingest/test_fuzz_regressions.c. */
+#include "fuzz_body.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+FUZZ_HARNESS int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    fuzz_xml_body(data, size);
+    return 0;
+}
