@@ -14,6 +14,8 @@
  *   rag --root DIR dlq drop ID
  *   rag --root DIR fsck [--repair] [--json] [--timeout MS]
  *   rag --root DIR trace ID [--json]
+ *   rag --root DIR eval --docs D.jsonl --queries Q.jsonl --qrels R.tsv
+ *                       [--mode vector|lexical|hybrid|default|all] [-k N] [--as P,...] [--json]
  *   rag --version
  *
  * Errors go to stderr as "rag: <what>: <code text> (<detail>)" with exit status 1 (usage: 2).
@@ -53,6 +55,10 @@ typedef struct cli {
     rag_search_mode mode;
     int all_files;
     int repair;
+    /* eval */
+    const char *docs, *queries, *qrels;
+    int k_set;    /* -k given (eval's default depth differs from search's) */
+    int mode_all; /* --mode all: eval every mode */
 } cli;
 
 static volatile sig_atomic_t interrupted;
@@ -89,6 +95,8 @@ static int usage(void)
           "  dlq list [--json] | dlq retry ID [--no-wait] | dlq drop ID\n"
           "  fsck [--repair] [--json] [--timeout MS]   (exit 3 when inconsistencies remain)\n"
           "  trace ID [--json]\n"
+          "  eval --docs D.jsonl --queries Q.jsonl --qrels R.tsv [--mode M|all] [-k N] [--json]\n"
+          "       (ingests D unless stored, reports nDCG@10 and recall@N, N default 100)\n"
           "  --version\n"
           "DIR defaults to $RAG_ROOT. Without --as, search and ask run with operator access\n"
           "(every document); with --as only public documents and those the principals may read.\n",
@@ -910,6 +918,441 @@ static int cmd_trace(cli *c, int argc, char **argv)
     return 0;
 }
 
+/* ---- eval -------------------------------------------------------------------------------------- */
+
+/*
+ * Retrieval quality against relevance judgements, the BEIR way: results are reduced to
+ * documents in rank order (a document's best chunk counts), nDCG@10 uses the judged score as
+ * a linear gain with a log2 discount and the ideal ranking of the judged documents, recall@N
+ * is the share of relevant documents among the first N, and queries without a positive
+ * judgement are left out of the averages.
+ */
+
+/* nDCG@10 looks at the first 10 documents of a search for this many chunks ... */
+#define EVAL_NDCG_DEPTH 10
+#define EVAL_NDCG_SEARCH_K 100
+/* ... and recall@N at the first N documents of a search for N * EVAL_RECALL_CHUNKS_PER_DOC
+ * chunks (capped by the API's k maximum): documents have several chunks, so N chunks cover
+ * fewer than N documents. */
+#define EVAL_RECALL_CHUNKS_PER_DOC 10
+#define EVAL_K_MAX 1000
+
+/* log2(rank + 1) for ranks 1..10, the nDCG discount (a table: the tool does not link libm). */
+static const double eval_log2[EVAL_NDCG_DEPTH] = {
+    1.0, 1.584962500721156, 2.0, 2.321928094887362, 2.584962500721156,
+    2.807354922057604, 3.0, 3.169925001442312, 3.321928094887362, 3.459431618637297};
+
+typedef struct eval_qrel {
+    char *qid, *did;
+    double gain;
+} eval_qrel;
+
+typedef struct eval_query {
+    char *id, *text;
+    size_t rel_lo, rel_hi; /* its judgements: qrels[rel_lo, rel_hi), sorted by document id */
+    size_t relevant;       /* judgements with a positive gain */
+} eval_query;
+
+typedef struct eval_set {
+    eval_query *q;
+    size_t nq;
+    eval_qrel *r;
+    size_t nr;
+} eval_set;
+
+static void eval_set_free(eval_set *e)
+{
+    for (size_t i = 0; i < e->nq; i++) {
+        free(e->q[i].id);
+        free(e->q[i].text);
+    }
+    for (size_t i = 0; i < e->nr; i++) {
+        free(e->r[i].qid);
+        free(e->r[i].did);
+    }
+    free(e->q);
+    free(e->r);
+    memset(e, 0, sizeof *e);
+}
+
+/* A JSON id as text: BEIR files use strings, other exports plain integers. */
+static const char *json_id(json_t *v, char *buf, size_t size)
+{
+    if (json_is_string(v))
+        return json_string_value(v);
+    if (json_is_integer(v)) {
+        snprintf(buf, size, "%lld", (long long)json_integer_value(v));
+        return buf;
+    }
+    return NULL;
+}
+
+static int eval_load_queries(eval_set *e, const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        fprintf(stderr, "rag: %s: %s\n", path, strerror(errno));
+        return 1;
+    }
+    char *line = NULL;
+    size_t cap = 0, lineno = 0, have = 0;
+    ssize_t got;
+    int rc = 0;
+    while (rc == 0 && (got = getline(&line, &cap, f)) > 0) {
+        lineno++;
+        if (strspn(line, " \t\r\n") == (size_t)got)
+            continue;
+        json_error_t jerr;
+        json_t *o = json_loadb(line, (size_t)got, 0, &jerr);
+        char idbuf[32];
+        const char *id = o ? json_id(json_object_get(o, "id"), idbuf, sizeof idbuf) : NULL;
+        const char *text = o ? json_string_value(json_object_get(o, "text")) : NULL;
+        if (!id || !text) {
+            fprintf(stderr, "rag: %s:%zu: not an {\"id\",\"text\"} object\n", path, lineno);
+            rc = 1;
+        } else {
+            if (e->nq == have) {
+                have = have ? have * 2 : 256;
+                eval_query *p = realloc(e->q, have * sizeof *p);
+                if (!p) {
+                    json_decref(o);
+                    rc = 1;
+                    break;
+                }
+                e->q = p;
+            }
+            eval_query *q = &e->q[e->nq++];
+            memset(q, 0, sizeof *q);
+            q->id = strdup(id);
+            q->text = strdup(text);
+            if (!q->id || !q->text)
+                rc = 1;
+        }
+        json_decref(o);
+    }
+    free(line);
+    fclose(f);
+    return rc;
+}
+
+static int cmp_qrel(const void *a, const void *b)
+{
+    const eval_qrel *x = a, *y = b;
+    int c = strcmp(x->qid, y->qid);
+    return c ? c : strcmp(x->did, y->did);
+}
+
+/* TREC/BEIR qrels: query id, document id, score, separated by tabs or blanks; a first line
+ * whose score is not a number (BEIR's "query-id corpus-id score") is a header.  The 4-column
+ * TREC form (query, iteration, document, score) is accepted too. */
+static int eval_load_qrels(eval_set *e, const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        fprintf(stderr, "rag: %s: %s\n", path, strerror(errno));
+        return 1;
+    }
+    char *line = NULL;
+    size_t cap = 0, lineno = 0, have = 0;
+    ssize_t got;
+    int rc = 0;
+    while (rc == 0 && (got = getline(&line, &cap, f)) > 0) {
+        lineno++;
+        char *field[5];
+        size_t nf = 0;
+        for (char *save = NULL, *tok = strtok_r(line, " \t\r\n", &save); tok && nf < 5;
+             tok = strtok_r(NULL, " \t\r\n", &save))
+            field[nf++] = tok;
+        if (nf == 0)
+            continue;
+        if (nf != 3 && nf != 4) {
+            fprintf(stderr, "rag: %s:%zu: expected query-id, doc-id, score\n", path, lineno);
+            rc = 1;
+            break;
+        }
+        char *end;
+        double gain = strtod(field[nf - 1], &end);
+        if (*end || end == field[nf - 1]) {
+            if (lineno == 1)
+                continue; /* header */
+            fprintf(stderr, "rag: %s:%zu: score %s is not a number\n", path, lineno,
+                    field[nf - 1]);
+            rc = 1;
+            break;
+        }
+        if (e->nr == have) {
+            have = have ? have * 2 : 1024;
+            eval_qrel *p = realloc(e->r, have * sizeof *p);
+            if (!p) {
+                rc = 1;
+                break;
+            }
+            e->r = p;
+        }
+        eval_qrel *r = &e->r[e->nr++];
+        r->qid = strdup(field[0]);
+        r->did = strdup(field[nf - 2]);
+        r->gain = gain;
+        if (!r->qid || !r->did)
+            rc = 1;
+    }
+    free(line);
+    fclose(f);
+    if (rc == 0 && e->nr)
+        qsort(e->r, e->nr, sizeof *e->r, cmp_qrel);
+    return rc;
+}
+
+/* Attach each query's judgements (a binary search into the sorted qrels). */
+static void eval_link(eval_set *e)
+{
+    for (size_t i = 0; i < e->nq; i++) {
+        eval_query *q = &e->q[i];
+        size_t lo = 0, hi = e->nr;
+        while (lo < hi) {
+            size_t mid = lo + (hi - lo) / 2;
+            if (strcmp(e->r[mid].qid, q->id) < 0)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        q->rel_lo = q->rel_hi = lo;
+        while (q->rel_hi < e->nr && !strcmp(e->r[q->rel_hi].qid, q->id)) {
+            q->relevant += e->r[q->rel_hi].gain > 0;
+            q->rel_hi++;
+        }
+    }
+}
+
+static double eval_gain(const eval_set *e, const eval_query *q, const char *did)
+{
+    size_t lo = q->rel_lo, hi = q->rel_hi;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(e->r[mid].did, did);
+        if (c == 0)
+            return e->r[mid].gain;
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return 0.0;
+}
+
+/* Document ids of `r` in rank order, each once; `out` borrows from `r`. */
+static size_t eval_distinct(const rag_results *r, const char **out, size_t max)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < r->count && n < max; i++) {
+        size_t j = 0;
+        while (j < n && strcmp(out[j], r->items[i].doc_id))
+            j++;
+        if (j == n)
+            out[n++] = r->items[i].doc_id;
+    }
+    return n;
+}
+
+static int cmp_double_desc(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x < y) - (x > y);
+}
+
+typedef struct eval_score {
+    double ndcg, recall, ms_per_query;
+    size_t judged;
+} eval_score;
+
+static int eval_mode(cli *c, const eval_set *e, rag_search_mode mode, size_t depth,
+                     eval_score *out)
+{
+    size_t recall_k = depth * EVAL_RECALL_CHUNKS_PER_DOC;
+    if (recall_k > EVAL_K_MAX)
+        recall_k = EVAL_K_MAX;
+    if (recall_k < EVAL_NDCG_SEARCH_K)
+        recall_k = EVAL_NDCG_SEARCH_K;
+    const char **top = malloc((depth > EVAL_NDCG_DEPTH ? depth : EVAL_NDCG_DEPTH) * sizeof *top);
+    double *ideal = malloc((e->nr + 1) * sizeof *ideal);
+    double ndcg = 0, recall = 0, secs = 0;
+    size_t judged = 0, searches = 0;
+    if (!top || !ideal) {
+        free(top);
+        free(ideal);
+        return RAG_ENOMEM;
+    }
+    int rc = 0;
+    for (size_t i = 0; i < e->nq && rc == 0 && !interrupted; i++) {
+        const eval_query *q = &e->q[i];
+        if (q->relevant == 0)
+            continue;
+        judged++;
+        rag_query rq = make_query(c, q->text);
+        rq.mode = mode;
+        rag_results *r = NULL;
+        double t0 = now_s();
+        rq.k = EVAL_NDCG_SEARCH_K;
+        rc = rag_search(c->ctx, &rq, &r);
+        secs += now_s() - t0;
+        searches++;
+        if (rc)
+            break;
+        size_t n = eval_distinct(r, top, EVAL_NDCG_DEPTH);
+        double dcg = 0, idcg = 0;
+        for (size_t j = 0; j < n; j++)
+            dcg += eval_gain(e, q, top[j]) / eval_log2[j];
+        size_t ni = 0;
+        for (size_t j = q->rel_lo; j < q->rel_hi; j++)
+            if (e->r[j].gain > 0)
+                ideal[ni++] = e->r[j].gain;
+        qsort(ideal, ni, sizeof *ideal, cmp_double_desc);
+        for (size_t j = 0; j < ni && j < EVAL_NDCG_DEPTH; j++)
+            idcg += ideal[j] / eval_log2[j];
+        ndcg += dcg / idcg;
+        rag_results_free(r);
+        r = NULL;
+
+        rq.k = recall_k;
+        t0 = now_s();
+        rc = rag_search(c->ctx, &rq, &r);
+        secs += now_s() - t0;
+        searches++;
+        if (rc)
+            break;
+        n = eval_distinct(r, top, depth);
+        size_t hit = 0;
+        for (size_t j = 0; j < n; j++)
+            hit += eval_gain(e, q, top[j]) > 0;
+        recall += (double)hit / (double)q->relevant;
+        rag_results_free(r);
+    }
+    free(top);
+    free(ideal);
+    if (rc)
+        return rc;
+    out->judged = judged;
+    out->ndcg = judged ? ndcg / (double)judged : 0.0;
+    out->recall = judged ? recall / (double)judged : 0.0;
+    out->ms_per_query = searches ? secs * 1e3 / (double)searches : 0.0;
+    return 0;
+}
+
+static const char *mode_name(rag_search_mode m)
+{
+    switch (m) {
+    case RAG_MODE_VECTOR:
+        return "vector";
+    case RAG_MODE_LEXICAL:
+        return "lexical";
+    case RAG_MODE_HYBRID:
+        return "hybrid";
+    default:
+        return "default";
+    }
+}
+
+static int cmd_eval(cli *c, int argc)
+{
+    if (argc != 0 || !c->docs || !c->queries || !c->qrels) {
+        fputs("rag: eval needs --docs D.jsonl --queries Q.jsonl --qrels R.tsv\n", stderr);
+        return 2;
+    }
+    size_t depth = c->k_set ? c->k : 100;
+    if (depth > EVAL_K_MAX) {
+        fprintf(stderr, "rag: eval: -k is at most %d\n", EVAL_K_MAX);
+        return 2;
+    }
+    eval_set e;
+    memset(&e, 0, sizeof e);
+    /* Read the judgements before ingesting, so that a typo costs nothing. */
+    if (eval_load_queries(&e, c->queries) || eval_load_qrels(&e, c->qrels)) {
+        eval_set_free(&e);
+        return 1;
+    }
+    eval_link(&e);
+    size_t judged = 0;
+    for (size_t i = 0; i < e.nq; i++)
+        judged += e.q[i].relevant > 0;
+    if (judged == 0) {
+        fprintf(stderr, "rag: eval: no query of %s has a positive judgement in %s\n", c->queries,
+                c->qrels);
+        eval_set_free(&e);
+        return 1;
+    }
+
+    /* Ingest exactly as `ingest --jsonl` does (same content idempotency keys), so documents
+     * already stored unchanged, by an earlier eval or ingest, are skipped, and a changed
+     * document becomes a new version. */
+    int ingest_rc = rag_start(c->ctx);
+    if (ingest_rc) {
+        eval_set_free(&e);
+        return fail(ingest_rc, "start");
+    }
+    c->jsonl = c->docs;
+    c->no_wait = 0;
+    ingest_rc = cmd_ingest_jsonl(c);
+    if (interrupted || ingest_rc == 130) {
+        eval_set_free(&e);
+        return 130;
+    }
+    if (ingest_rc)
+        fprintf(stderr, "rag: eval: ingest reported errors (above); documents that failed "
+                        "count as never retrieved\n");
+    rag_status_info st = {.version = RAG_STATUS_VERSION};
+    if (rag_status(c->ctx, &st) == RAG_OK)
+        fprintf(stderr, "eval: %llu documents, %llu chunks; %zu queries, %zu judged\n",
+                (unsigned long long)st.documents, (unsigned long long)st.chunks, e.nq, judged);
+
+    rag_search_mode modes[3] = {c->mode};
+    size_t nmodes = 1;
+    if (c->mode_all) {
+        modes[0] = RAG_MODE_VECTOR;
+        modes[1] = RAG_MODE_LEXICAL;
+        modes[2] = RAG_MODE_HYBRID;
+        nmodes = 3;
+    }
+    int rc = 0;
+    char rhead[24];
+    snprintf(rhead, sizeof rhead, "recall@%zu", depth);
+    if (!c->json)
+        printf("%-8s %8s %10s %8s %10s\n", "mode", "nDCG@10", rhead, "judged", "ms/search");
+    for (size_t m = 0; m < nmodes && rc == 0; m++) {
+        eval_score sc;
+        memset(&sc, 0, sizeof sc);
+        int src = eval_mode(c, &e, modes[m], depth, &sc);
+        if (interrupted) {
+            rc = 130;
+            break;
+        }
+        if (src) {
+            /* --mode all goes on past a mode this build lacks */
+            fail(src, mode_name(modes[m]));
+            if (!(c->mode_all && src == RAG_EUNSUPPORTED))
+                rc = 1;
+            continue;
+        }
+        if (c->json) {
+            json_t *o = json_pack("{s:s, s:f, s:f, s:I, s:I, s:I, s:f}", "mode",
+                                  mode_name(modes[m]), "ndcg_at_10", sc.ndcg, "recall_at_k",
+                                  sc.recall, "k", (json_int_t)depth, "judged",
+                                  (json_int_t)sc.judged, "queries", (json_int_t)e.nq,
+                                  "ms_per_search", sc.ms_per_query);
+            char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+            puts(s);
+            free(s);
+            json_decref(o);
+        } else {
+            printf("%-8s %8.4f %10.4f %8zu %10.2f\n", mode_name(modes[m]), sc.ndcg, sc.recall,
+                   sc.judged, sc.ms_per_query);
+        }
+    }
+    eval_set_free(&e);
+    if (rc)
+        return rc;
+    return ingest_rc ? 1 : 0;
+}
+
 /* ---- main -------------------------------------------------------------------------------------- */
 
 static int parse_size(const char *s, size_t *out)
@@ -969,6 +1412,7 @@ int main(int argc, char **argv)
                 free(args);
                 return 2;
             }
+            c.k_set = 1;
         } else if (!strcmp(a, "--budget")) {
             NEED_ARG();
             if (parse_size(next, &c.budget) || c.budget == 0) {
@@ -1006,6 +1450,15 @@ int main(int argc, char **argv)
             free(c.as_buf);
             c.as_buf = strdup(next);
             c.as_count = split_list(c.as_buf, c.as, 64);
+        } else if (!strcmp(a, "--docs")) {
+            NEED_ARG();
+            c.docs = next;
+        } else if (!strcmp(a, "--queries")) {
+            NEED_ARG();
+            c.queries = next;
+        } else if (!strcmp(a, "--qrels")) {
+            NEED_ARG();
+            c.qrels = next;
         } else if (!strcmp(a, "--mime")) {
             NEED_ARG();
             c.mime = next;
@@ -1028,8 +1481,11 @@ int main(int argc, char **argv)
                 c.mode = RAG_MODE_HYBRID;
             else if (!strcmp(next, "default"))
                 c.mode = RAG_MODE_DEFAULT;
+            else if (!strcmp(next, "all"))
+                c.mode_all = 1; /* eval only; checked once the command is known */
             else {
-                fprintf(stderr, "rag: --mode is vector, lexical, hybrid or default\n");
+                fprintf(stderr, "rag: --mode is vector, lexical, hybrid, default (or all for "
+                                "eval)\n");
                 free(args);
                 return 2;
             }
@@ -1058,11 +1514,16 @@ int main(int argc, char **argv)
     int known = !strcmp(cmd, "ingest") || !strcmp(cmd, "put") || !strcmp(cmd, "delete") ||
                 !strcmp(cmd, "search") || !strcmp(cmd, "ask") || !strcmp(cmd, "status") ||
                 !strcmp(cmd, "drain") || !strcmp(cmd, "dlq") || !strcmp(cmd, "fsck") ||
-                !strcmp(cmd, "trace");
+                !strcmp(cmd, "trace") || !strcmp(cmd, "eval");
     if (!known) {
         fprintf(stderr, "rag: unknown command %s\n", cmd);
         free(args);
         return usage();
+    }
+    if (c.mode_all && strcmp(cmd, "eval")) {
+        fputs("rag: --mode all is for eval only\n", stderr);
+        free(args);
+        return 2;
     }
     if (!strcmp(cmd, "dlq") &&
         (nargs < 1 || (strcmp(args[0], "list") && strcmp(args[0], "retry") &&
@@ -1107,6 +1568,8 @@ int main(int argc, char **argv)
         rc = cmd_fsck(&c);
     } else if (!strcmp(cmd, "trace")) {
         rc = cmd_trace(&c, nargs, args);
+    } else if (!strcmp(cmd, "eval")) {
+        rc = cmd_eval(&c, nargs);
     }
     rag_close(c.ctx);
     free(c.acl_buf);
