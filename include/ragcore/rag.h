@@ -71,7 +71,7 @@ typedef struct rag_options {
     /** BM25 length normalisation b, 0..1 [0.4]; a negative value means 0. */
     float bm25_b;
     /** Weight of the lexical side in hybrid search, 0..1: score = w * lexical / max lexical
-     *  + (1 - w) * vector / max vector [0.8]; 0: the default, a negative value means 0. */
+     *  + (1 - w) * vector / max vector [0.95]; 0: the default, a negative value means 0. */
     float hybrid_lexical_weight;
 } rag_options;
 

@@ -83,7 +83,8 @@ static int fail(int code, const char *what)
 
 static int usage(void)
 {
-    fputs("usage: rag [--root DIR] [--no-sync] COMMAND [ARGS]\n"
+    fputs("usage: rag [--root DIR] [--no-sync] [--hybrid-weight W] [--bm25-k1 K] [--bm25-b B]\n"
+          "           COMMAND [ARGS]\n"
           "  ingest PATH... | ingest --jsonl FILE   [--no-wait] [--acl P,...] [--all]\n"
           "  put ID FILE [--acl P,...] [--mime M] [--title T] [--uri U] [--key K]\n"
           "  delete ID\n"
@@ -709,6 +710,9 @@ static int cmd_status(cli *c)
                               (json_int_t)st.sagas_running, "compensating",
                               (json_int_t)st.sagas_compensating, "failed",
                               (json_int_t)st.sagas_failed);
+        json_object_set_new(o, "cache", json_pack("{s:I, s:I}", "hits",
+                                                  (json_int_t)st.cache_hits, "misses",
+                                                  (json_int_t)st.cache_misses));
         char *s = json_dumps(o, JSON_COMPACT);
         puts(s);
         free(s);
@@ -717,12 +721,17 @@ static int cmd_status(cli *c)
     }
     printf("documents     %llu\nversions      %llu\nchunks        %llu\nvectors       %llu\n"
            "dead letters  %llu\nindex epoch   %llu\nsagas         %llu running, %llu "
-           "compensating, %llu failed\nqueues:\n",
+           "compensating, %llu failed\ncache         %llu hits, %llu misses since open "
+           "(%.0f%% hit rate)\nqueues:\n",
            (unsigned long long)st.documents, (unsigned long long)st.versions,
            (unsigned long long)st.chunks, (unsigned long long)st.vectors,
            (unsigned long long)st.dead_letters, (unsigned long long)st.index_epoch,
            (unsigned long long)st.sagas_running, (unsigned long long)st.sagas_compensating,
-           (unsigned long long)st.sagas_failed);
+           (unsigned long long)st.sagas_failed, (unsigned long long)st.cache_hits,
+           (unsigned long long)st.cache_misses,
+           st.cache_hits + st.cache_misses
+               ? 100.0 * (double)st.cache_hits / (double)(st.cache_hits + st.cache_misses)
+               : 0.0);
     for (size_t i = 0; i < st.queue_count; i++)
         printf("  %-16s ready %llu  delayed %llu  inflight %llu\n", st.queues[i].name,
                (unsigned long long)st.queues[i].ready, (unsigned long long)st.queues[i].delayed,
@@ -1405,6 +1414,23 @@ int main(int argc, char **argv)
             c.root = next;
         } else if (!strcmp(a, "--no-sync")) {
             c.opts.no_sync = 1;
+        } else if (!strcmp(a, "--hybrid-weight") || !strcmp(a, "--bm25-k1") ||
+                   !strcmp(a, "--bm25-b")) {
+            NEED_ARG();
+            char *end = NULL;
+            float v = strtof(next, &end);
+            if (!end || *end || v < 0 || v > 10) {
+                fprintf(stderr, "rag: %s needs a number\n", a);
+                free(args);
+                return 2;
+            }
+            /* 0 means "the default" in rag_options: an explicit 0 weight is a tiny one */
+            if (!strcmp(a, "--hybrid-weight"))
+                c.opts.hybrid_lexical_weight = v > 0 ? v : -1.0f;
+            else if (!strcmp(a, "--bm25-k1"))
+                c.opts.bm25_k1 = v;
+            else
+                c.opts.bm25_b = v > 0 ? v : -1.0f;
         } else if (!strcmp(a, "-k")) {
             NEED_ARG();
             if (parse_size(next, &c.k) || c.k == 0) {
