@@ -345,6 +345,8 @@ typedef struct rag_dead_letter_info {
     uint32_t attempts; /**< deliveries made before it was dead-lettered */
     uint64_t when_ms;  /**< wall-clock time of dead-lettering, ms since the Unix epoch */
     char reason[256];  /**< detail text of the last failure (rag_error_last() of the handler) */
+    char doc_id[RAG_DOC_ID_MAX + 1]; /**< document the message is about ("" if unreadable) */
+    uint64_t version;  /**< its version (for doc.deleted: the newest version deleted) */
 } rag_dead_letter_info;
 
 /**

@@ -774,11 +774,12 @@ static int cmd_dlq(cli *c, int argc, char **argv)
             json_t *arr = json_array();
             for (size_t i = 0; i < n; i++)
                 json_array_append_new(
-                    arr, json_pack("{s:s, s:s, s:s, s:i, s:s, s:I, s:I, s:s}", "id", dl[i].id,
-                                   "topic", dl[i].topic, "module", dl[i].module, "code",
-                                   dl[i].code, "error", rag_strerror(dl[i].code), "attempts",
-                                   (json_int_t)dl[i].attempts, "when_ms",
-                                   (json_int_t)dl[i].when_ms, "reason", dl[i].reason));
+                    arr, json_pack("{s:s, s:s, s:s, s:i, s:s, s:I, s:I, s:s, s:s, s:I}", "id",
+                                   dl[i].id, "topic", dl[i].topic, "module", dl[i].module,
+                                   "code", dl[i].code, "error", rag_strerror(dl[i].code),
+                                   "attempts", (json_int_t)dl[i].attempts, "when_ms",
+                                   (json_int_t)dl[i].when_ms, "reason", dl[i].reason, "doc_id",
+                                   dl[i].doc_id, "version", (json_int_t)dl[i].version));
             char *s = json_dumps(arr, JSON_COMPACT);
             puts(s ? s : "[]");
             free(s);
@@ -789,9 +790,10 @@ static int cmd_dlq(cli *c, int argc, char **argv)
             for (size_t i = 0; i < n; i++) {
                 char when[32];
                 print_time_utc(dl[i].when_ms, when, sizeof when);
-                printf("%s  %s  %s  %s  attempts %u  %s\n    %s\n", dl[i].id, dl[i].module,
-                       dl[i].topic, rag_strerror(dl[i].code), (unsigned)dl[i].attempts, when,
-                       dl[i].reason);
+                printf("%s  %s  %s  %s@%llu  %s  attempts %u  %s\n    %s\n", dl[i].id,
+                       dl[i].module, dl[i].topic, dl[i].doc_id[0] ? dl[i].doc_id : "?",
+                       (unsigned long long)dl[i].version, rag_strerror(dl[i].code),
+                       (unsigned)dl[i].attempts, when, dl[i].reason);
             }
         }
         rag_free(dl);

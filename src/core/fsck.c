@@ -381,7 +381,8 @@ static int fsck_pass(rag_ctx *ctx, fsck_state *st)
     if (rc)
         return rc;
     for (size_t i = 0; i < n_dl; i++)
-        add_issue(st, RAG_FSCK_DEAD_LETTER, "", 0, -1, "%s %s in %s after %u attempt(s): %s",
+        add_issue(st, RAG_FSCK_DEAD_LETTER, dl[i].doc_id, dl[i].version, -1,
+                  "%s %s in %s after %u attempt(s): %s",
                   dl[i].topic, dl[i].id, dl[i].module, dl[i].attempts, dl[i].reason);
     rag_free(dl);
     return st->err;

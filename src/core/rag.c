@@ -897,6 +897,16 @@ static int dlq_collect_one(void *arg, const rag_dead_letter *dl)
     o->attempts = dl->attempts;
     o->when_ms = dl->when_ms;
     snprintf(o->reason, sizeof o->reason, "%s", dl->reason);
+    /* every event starts with its document and version: name them, so an operator (and
+     * rag_fsck) can tell which document a dead letter holds back */
+    const char *doc = NULL;
+    uint64_t ver = 0;
+    if (dl->payload &&
+        rag_ev_peek(dl->topic, dl->payload, dl->payload_len, &doc, &ver) == RAG_OK) {
+        snprintf(o->doc_id, sizeof o->doc_id, "%s", doc);
+        o->version = ver;
+    }
+    rag_error_clear(); /* a payload that is not an event is not the listing's failure */
     return 0;
 }
 

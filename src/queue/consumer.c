@@ -319,7 +319,7 @@ int rag_dead_list(MDB_env *env, int (*fn)(void *arg, const rag_dead_letter *dl),
     mrc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
     while (mrc == 0) {
         rag_dead_letter dl;
-        rc = decode_dead(&k, &v, &dl, NULL, NULL);
+        rc = decode_dead(&k, &v, &dl, &dl.payload, &dl.payload_len);
         if (rc || fn(arg, &dl))
             break;
         mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);

@@ -353,6 +353,8 @@ static void test_failed_saga_trace(void **state)
     assert_int_equal(rag_fsck(f->ctx, RAG_FSCK_REPAIR, 30000, &rep), RAG_OK);
     assert_int_equal(rep->count, 1);
     assert_int_equal(rep->issues[0].kind, RAG_FSCK_DEAD_LETTER);
+    assert_string_equal(rep->issues[0].doc_id, "doc"); /* named from the payload */
+    assert_int_equal(rep->issues[0].version, v2);
     assert_false(rep->issues[0].repaired); /* reported, never dropped */
     rag_fsck_report_free(rep);
 
@@ -361,6 +363,8 @@ static void test_failed_saga_trace(void **state)
     size_t n = 0;
     assert_int_equal(rag_dlq_list(f->ctx, &dl, &n), RAG_OK);
     assert_int_equal(n, 1);
+    assert_string_equal(dl[0].doc_id, "doc");
+    assert_int_equal(dl[0].version, v2);
     assert_int_equal(rag_dlq_retry(f->ctx, dl[0].id), RAG_OK);
     rag_free(dl);
     assert_int_equal(rag_drain(f->ctx, 30000), RAG_OK);

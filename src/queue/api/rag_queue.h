@@ -95,6 +95,8 @@ typedef struct rag_dead_letter {
     uint32_t attempts;
     uint64_t when_ms;
     char reason[256];
+    const void *payload;   /* the message's bytes, valid during rag_dead_list's callback */
+    size_t payload_len;
 } rag_dead_letter;
 
 int rag_dead_count(MDB_env *env, uint64_t *count);
