@@ -316,8 +316,9 @@ typedef struct rag_status_info {
                                      (an older version, if any, stays searchable) */
     uint64_t sagas_compensating;/**< failed versions whose compensation has not finished */
     /* ---- version 3 (filled only when the caller set version >= 3) ---- */
-    uint64_t cache_hits;        /**< searches answered from the result cache since open */
-    uint64_t cache_misses;      /**< searches that ran against the index since open */
+    uint64_t cache_hits;        /**< searches answered from the result cache (earlier handles' counts
+                                     are added at rag_close(); lost with the cache after a crash) */
+    uint64_t cache_misses;      /**< searches that ran against the index (counted the same way) */
 } rag_status_info;
 
 /**

@@ -721,7 +721,7 @@ static int cmd_status(cli *c)
     }
     printf("documents     %llu\nversions      %llu\nchunks        %llu\nvectors       %llu\n"
            "dead letters  %llu\nindex epoch   %llu\nsagas         %llu running, %llu "
-           "compensating, %llu failed\ncache         %llu hits, %llu misses since open "
+           "compensating, %llu failed\ncache         %llu hits, %llu misses "
            "(%.0f%% hit rate)\nqueues:\n",
            (unsigned long long)st.documents, (unsigned long long)st.versions,
            (unsigned long long)st.chunks, (unsigned long long)st.vectors,

@@ -61,7 +61,55 @@ struct rag_retrieve {
     float lexical_weight; /* hybrid fusion weight w (cfg.hybrid_lexical_weight) */
     float bm25_k1, bm25_b; /* only part of the cache key: the index applies them */
     rag_retrieve_stats stats;
+    /* cache hits/misses of earlier handles of this root, added to the "meta" table at close
+     * so that `rag status` in a fresh process still shows the hit rate */
+    uint64_t earlier_hits, earlier_misses;
 };
+
+static uint64_t meta_u64(MDB_txn *txn, MDB_dbi dbi, const char *name)
+{
+    MDB_val k = {strlen(name), (void *)name}, v;
+    if (mdb_get(txn, dbi, &k, &v) || v.mv_size != 8)
+        return 0;
+    rag_rbuf r;
+    rag_rbuf_init(&r, v.mv_data, 8);
+    return rag_rbuf_u64(&r);
+}
+
+static void counters_load(rag_retrieve *rt)
+{
+    MDB_txn *txn;
+    if (mdb_txn_begin(rt->env, NULL, MDB_RDONLY, &txn))
+        return;
+    rt->earlier_hits = meta_u64(txn, rt->meta_dbi, "cache_hits");
+    rt->earlier_misses = meta_u64(txn, rt->meta_dbi, "cache_misses");
+    mdb_txn_abort(txn);
+}
+
+/* Best effort: the counters are statistics, and go with the cache if a crash wipes it. */
+static void counters_save(rag_retrieve *rt)
+{
+    uint64_t hits = 0, misses = 0;
+    rag_retrieve_stats_get(rt, &hits, &misses);
+    MDB_txn *txn;
+    if (mdb_txn_begin(rt->env, NULL, 0, &txn))
+        return;
+    const char *names[2] = {"cache_hits", "cache_misses"};
+    uint64_t vals[2] = {hits, misses};
+    int bad = 0;
+    for (int i = 0; i < 2 && !bad; i++) {
+        rag_wbuf b;
+        rag_wbuf_init(&b);
+        rag_wbuf_u64(&b, vals[i]);
+        MDB_val k = {strlen(names[i]), (void *)names[i]}, v = {b.len, b.data};
+        bad = b.err || mdb_put(txn, rt->meta_dbi, &k, &v, 0);
+        rag_wbuf_free(&b);
+    }
+    if (bad)
+        mdb_txn_abort(txn);
+    else
+        rag_txn_commit(txn);
+}
 
 #define STAT_INC(rt, field) __atomic_add_fetch(&(rt)->stats.field, 1, __ATOMIC_RELAXED)
 
@@ -215,6 +263,7 @@ int rag_retrieve_open(rag_retrieve **out, const rag_config *cfg,
         rc = check_format(rt);
     if (rc)
         goto fail;
+    counters_load(rt);
     *out = rt;
     return RAG_OK;
 fail:
@@ -228,6 +277,7 @@ void rag_retrieve_close(rag_retrieve *rt)
     if (!rt)
         return;
     if (rt->env) {
+        counters_save(rt);
         if (mdb_env_sync(rt->env, 1) == 0)
             write_clean_marker(rt->dir);
         mdb_env_close(rt->env);
@@ -932,9 +982,10 @@ void rag_retrieve_stats_get(rag_retrieve *rt, uint64_t *hits, uint64_t *misses)
     /* A miss is a search that went to the index: no entry, an entry no longer valid, or no
      * cache to ask (disabled, or no index epoch). */
     if (hits)
-        *hits = st.cache_hits;
+        *hits = (rt ? rt->earlier_hits : 0) + st.cache_hits;
     if (misses)
-        *misses = st.cache_misses + st.cache_stale + st.cache_bypass;
+        *misses = (rt ? rt->earlier_misses : 0) + st.cache_misses + st.cache_stale +
+                  st.cache_bypass;
 }
 
 void rag_retrieve__set_cache_max(rag_retrieve *rt, size_t max_entries)
