@@ -450,19 +450,26 @@ static int check_labels(rag_index *ix, MDB_txn *txn, ck_state *st)
     return rc;
 }
 
-/* Vectors rows of no label at all (a labels row, or a docs row listing it). */
-static int check_vectors(rag_index *ix, MDB_txn *txn, ck_state *st)
+/*
+ * Rows of a per-label table ("vectors", "lex") that belong to no label at all (no labels row,
+ * no docs row listing it): each is reported as `what` and queued on `del`; a stray vector is
+ * also removed from the view and the backend (`in_backend`).
+ */
+static int check_label_rows(rag_index *ix, MDB_txn *txn, ck_state *st, MDB_dbi dbi,
+                            const char *table, const char *what, ck_i64s *del, int in_backend)
 {
+    char where[64];
+    snprintf(where, sizeof where, "index check: %s table", table);
     MDB_cursor *cur;
-    int mrc = mdb_cursor_open(txn, ix->vectors, &cur);
+    int mrc = mdb_cursor_open(txn, dbi, &cur);
     if (mrc)
-        return rag_mdb_error(mrc, "index check: vectors cursor");
+        return rag_mdb_error(mrc, where);
     int rc = RAG_OK;
     MDB_val k, v;
     for (mrc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); !rc && mrc == 0;
          mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
         if (k.mv_size != 8) {
-            rc = rag_error_set(RAG_ECORRUPT, "index: malformed vectors key");
+            rc = rag_error_set(RAG_ECORRUPT, "index: malformed %s key", table);
             break;
         }
         int64_t label = (int64_t)rag_be64_get(k.mv_data);
@@ -472,51 +479,16 @@ static int check_vectors(rag_index *ix, MDB_txn *txn, ck_state *st)
         int has_row = 0;
         rc = row_exists(txn, ix->labels, label, &has_row);
         if (!rc && !has_row) {
-            rc = problem_add(st, "unreferenced_label", "", label,
-                             "vectors row of label %lld without a labels row",
-                             (long long)label);
+            rc = problem_add(st, what, "", label, "%s row of label %lld without a labels row",
+                             table, (long long)label);
             if (!rc)
-                rc = i64s_push(&st->del_vecs, label);
-            if (!rc)
+                rc = i64s_push(del, label);
+            if (!rc && in_backend)
                 rc = i64s_push(&st->rm, label);
         }
     }
     if (!rc && mrc && mrc != MDB_NOTFOUND)
-        rc = rag_mdb_error(mrc, "index check: vectors scan");
-    mdb_cursor_close(cur);
-    return rc;
-}
-
-/* Lex rows of no label at all, as check_vectors does for vectors rows. */
-static int check_lexical(rag_index *ix, MDB_txn *txn, ck_state *st)
-{
-    MDB_cursor *cur;
-    int mrc = mdb_cursor_open(txn, ix->lex_dbi, &cur);
-    if (mrc)
-        return rag_mdb_error(mrc, "index check: lex cursor");
-    int rc = RAG_OK;
-    MDB_val k, v;
-    for (mrc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); !rc && mrc == 0;
-         mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-        if (k.mv_size != 8) {
-            rc = rag_error_set(RAG_ECORRUPT, "index: malformed lex key");
-            break;
-        }
-        int64_t label = (int64_t)rag_be64_get(k.mv_data);
-        size_t i = ref_lower(st, label);
-        if (i < st->n_refs && st->refs[i].label == label)
-            continue; /* reported (if at all) as a missing label */
-        int has_row = 0;
-        rc = row_exists(txn, ix->labels, label, &has_row);
-        if (!rc && !has_row) {
-            rc = problem_add(st, "unreferenced_lexical", "", label,
-                             "lex row of label %lld without a labels row", (long long)label);
-            if (!rc)
-                rc = i64s_push(&st->del_lex, label);
-        }
-    }
-    if (!rc && mrc && mrc != MDB_NOTFOUND)
-        rc = rag_mdb_error(mrc, "index check: lex scan");
+        rc = rag_mdb_error(mrc, where);
     mdb_cursor_close(cur);
     return rc;
 }
@@ -527,9 +499,11 @@ static int check_tables(rag_index *ix, MDB_txn *txn, ck_state *st)
     if (!rc)
         rc = check_labels(ix, txn, st);
     if (!rc)
-        rc = check_vectors(ix, txn, st);
+        rc = check_label_rows(ix, txn, st, ix->vectors, "vectors", "unreferenced_label",
+                              &st->del_vecs, 1);
     if (!rc)
-        rc = check_lexical(ix, txn, st);
+        rc = check_label_rows(ix, txn, st, ix->lex_dbi, "lex", "unreferenced_lexical",
+                              &st->del_lex, 0);
     return rc;
 }
 

@@ -596,38 +596,33 @@ static int set_version_state(rag_ingest *ig, MDB_txn *txn, const char *doc, uint
     return rc;
 }
 
-static int emit_revert(rag_ingest *ig, MDB_txn *txn, const char *doc, uint64_t ver,
-                       const rag_ev_trail *trail)
+/* doc.revert or doc.deleted {doc, ver, trail} into ingest's outbox (the two events carry the
+ * same fields). */
+static int emit_doc_event(rag_ingest *ig, MDB_txn *txn, const char *topic, const char *doc,
+                          uint64_t ver, const rag_ev_trail *trail)
 {
-    rag_ev_revert ev;
-    memset(&ev, 0, sizeof ev);
-    ev.doc_id = doc;
-    ev.version = ver;
-    if (trail)
-        ev.trail = *trail;
     rag_wbuf b;
     rag_wbuf_init(&b);
-    int rc = rag_ev_revert_encode(&ev, &b);
+    int rc;
+    if (!strcmp(topic, RAG_TOPIC_REVERT)) {
+        rag_ev_revert ev;
+        memset(&ev, 0, sizeof ev);
+        ev.doc_id = doc;
+        ev.version = ver;
+        if (trail)
+            ev.trail = *trail;
+        rc = rag_ev_revert_encode(&ev, &b);
+    } else {
+        rag_ev_deleted ev;
+        memset(&ev, 0, sizeof ev);
+        ev.doc_id = doc;
+        ev.version = ver;
+        if (trail)
+            ev.trail = *trail;
+        rc = rag_ev_deleted_encode(&ev, &b);
+    }
     if (!rc)
-        rc = rag_outbox_add(ig->outbox, txn, RAG_TOPIC_REVERT, b.data, b.len, NULL);
-    rag_wbuf_free(&b);
-    return rc;
-}
-
-static int emit_deleted(rag_ingest *ig, MDB_txn *txn, const char *doc, uint64_t ver,
-                        const rag_ev_trail *trail)
-{
-    rag_ev_deleted ev;
-    memset(&ev, 0, sizeof ev);
-    ev.doc_id = doc;
-    ev.version = ver;
-    if (trail)
-        ev.trail = *trail;
-    rag_wbuf b;
-    rag_wbuf_init(&b);
-    int rc = rag_ev_deleted_encode(&ev, &b);
-    if (!rc)
-        rc = rag_outbox_add(ig->outbox, txn, RAG_TOPIC_DELETED, b.data, b.len, NULL);
+        rc = rag_outbox_add(ig->outbox, txn, topic, b.data, b.len, NULL);
     rag_wbuf_free(&b);
     return rc;
 }
@@ -782,7 +777,7 @@ static int on_failed_apply(void *self, MDB_txn *txn, const rag_queue_message *ms
                          ev.code ? ev.code : RAG_ERROR, reason, &trail);
     }
     if (!rc)
-        rc = emit_revert(ig, txn, ev.doc_id, ev.version, &trail);
+        rc = emit_doc_event(ig, txn, RAG_TOPIC_REVERT, ev.doc_id, ev.version, &trail);
     return rc;
 }
 
@@ -1462,7 +1457,7 @@ int rag_ingest_delete(rag_ingest *ig, const char *doc_id)
         rag_ev_trail_add(&trail, "ingest", "delete", now, 1, RAG_OK);
         rc = saga_start(ig, txn, doc_id, d.latest, RAG_SAGA_DELETE, now, &trail);
         if (!rc)
-            rc = emit_deleted(ig, txn, doc_id, d.latest, &trail);
+            rc = emit_doc_event(ig, txn, RAG_TOPIC_DELETED, doc_id, d.latest, &trail);
     }
     free(d.acl);
     if (rc) {
@@ -1802,7 +1797,7 @@ int rag_ingest_redrive(rag_ingest *ig, const char *doc_id, int mode, uint64_t ve
         switch (mode) {
         case RAG_REDRIVE_PURGE:
             rag_ev_trail_add(&trail, "ingest", "purge", rag_now_ms(), 1, RAG_OK);
-            rc = emit_deleted(ig, txn, doc_id,
+            rc = emit_doc_event(ig, txn, RAG_TOPIC_DELETED, doc_id,
                               known && d.deleted_at > version ? d.deleted_at : version, &trail);
             break;
         case RAG_REDRIVE_REINDEX:
@@ -1822,11 +1817,11 @@ int rag_ingest_redrive(rag_ingest *ig, const char *doc_id, int mode, uint64_t ve
             } else if (s.state == RAG_SAGA_RUNNING && s.kind == RAG_SAGA_DELETE) {
                 trail = s.trail;
                 rag_ev_trail_add(&trail, "ingest", "redrive", rag_now_ms(), 1, RAG_OK);
-                rc = emit_deleted(ig, txn, doc_id, sver, &trail);
+                rc = emit_doc_event(ig, txn, RAG_TOPIC_DELETED, doc_id, sver, &trail);
             } else if (s.state == RAG_SAGA_COMPENSATING) {
                 trail = s.trail;
                 rag_ev_trail_add(&trail, "ingest", "redrive", rag_now_ms(), 1, RAG_OK);
-                rc = emit_revert(ig, txn, doc_id, sver, &trail);
+                rc = emit_doc_event(ig, txn, RAG_TOPIC_REVERT, doc_id, sver, &trail);
             }
             break;
         }

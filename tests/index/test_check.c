@@ -21,6 +21,8 @@
 
 #define DIM 8
 
+#include "index_test_util.h"
+
 #define OK(expr)                                                                             \
     do {                                                                                     \
         int rc_ = (expr);                                                                    \
@@ -30,15 +32,6 @@
 
 static int g_faiss;
 static int g_counter;
-
-typedef struct tctx {
-    char *root;
-    rag_config cfg;
-    rag_index *ix;
-    rag_queue_transport *t;
-    rag_queue_policy pol;
-    int msg_no;
-} tctx;
 
 static void t_open(tctx *c)
 {
@@ -91,28 +84,6 @@ static int teardown(void **state)
 
 /* ---- driving the index ------------------------------------------------------------------- */
 
-static void chunk_vec(const char *doc, uint64_t version, uint32_t chunk, float *out)
-{
-    char key[256];
-    int n = snprintf(key, sizeof key, "%s|%llu|%u", doc, (unsigned long long)version, chunk);
-    uint8_t h[16];
-    rag_hash128(key, (size_t)n, h);
-    uint64_t s;
-    memcpy(&s, h, 8);
-    s |= 1;
-    float norm = 0;
-    for (int i = 0; i < DIM; i++) {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        out[i] = (float)((s >> 11) * (1.0 / 9007199254740992.0)) - 0.5f;
-        norm += out[i] * out[i];
-    }
-    norm = sqrtf(norm);
-    for (int i = 0; i < DIM; i++)
-        out[i] /= norm;
-}
-
 static void publish(tctx *c, const char *topic, const rag_wbuf *w)
 {
     rag_queue_message m;
@@ -163,24 +134,6 @@ static void put_revert(tctx *c, const char *doc, uint64_t version)
     OK(rag_ev_revert_encode(&ev, &w));
     publish(c, RAG_TOPIC_REVERT, &w);
     rag_wbuf_free(&w);
-}
-
-static size_t drain(tctx *c, rag_consumer *cons)
-{
-    size_t total = 0, n;
-    do {
-        OK(rag_consumer_run_once(cons, c->t, &c->pol, &n));
-        total += n;
-    } while (n);
-    return total;
-}
-
-static void drain_all(tctx *c)
-{
-    while (drain(c, rag_index_consumer_embedded(c->ix)) +
-           drain(c, rag_index_consumer_deleted(c->ix)) +
-           drain(c, rag_index_consumer_revert(c->ix)))
-        ;
 }
 
 /* Does a search with the exact vector of doc@version chunk return that chunk? */

@@ -21,6 +21,8 @@
 
 #define DIM 16
 
+#include "index_test_util.h"
+
 #define OK(expr)                                                                             \
     do {                                                                                     \
         int rc_ = (expr);                                                                    \
@@ -30,15 +32,6 @@
 
 static int g_faiss; /* which backend the current group uses */
 static int g_counter;
-
-typedef struct tctx {
-    char *root;
-    rag_config cfg;
-    rag_index *ix;
-    rag_queue_transport *t;
-    rag_queue_policy pol;
-    int msg_no;
-} tctx;
 
 static rag_vector_backend *new_backend(void)
 {
@@ -87,29 +80,6 @@ static int teardown(void **state)
 
 /* ---- events ----------------------------------------------------------------------------- */
 
-/* Deterministic unit vector of (doc, version, chunk). */
-static void chunk_vec(const char *doc, uint64_t version, uint32_t chunk, float *out)
-{
-    char key[512];
-    int n = snprintf(key, sizeof key, "%s|%llu|%u", doc, (unsigned long long)version, chunk);
-    uint8_t h[16];
-    rag_hash128(key, (size_t)n, h);
-    uint64_t s;
-    memcpy(&s, h, 8);
-    s |= 1;
-    float norm = 0;
-    for (int i = 0; i < DIM; i++) {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        out[i] = (float)((s >> 11) * (1.0 / 9007199254740992.0)) - 0.5f;
-        norm += out[i] * out[i];
-    }
-    norm = sqrtf(norm);
-    for (int i = 0; i < DIM; i++)
-        out[i] /= norm;
-}
-
 static void publish(tctx *c, const char *topic, const rag_wbuf *w)
 {
     rag_queue_message m;
@@ -157,22 +127,6 @@ static void put_deleted(tctx *c, const char *doc, uint64_t version)
     OK(rag_ev_deleted_encode(&ev, &w));
     publish(c, RAG_TOPIC_DELETED, &w);
     rag_wbuf_free(&w);
-}
-
-static size_t drain(tctx *c, rag_consumer *cons)
-{
-    size_t total = 0, n;
-    do {
-        OK(rag_consumer_run_once(cons, c->t, &c->pol, &n));
-        total += n;
-    } while (n);
-    return total;
-}
-
-static void drain_all(tctx *c)
-{
-    while (drain(c, rag_index_consumer_embedded(c->ix)) + drain(c, rag_index_consumer_deleted(c->ix)))
-        ;
 }
 
 typedef struct indexed_ev {

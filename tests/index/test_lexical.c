@@ -23,6 +23,9 @@
 
 #define DIM 8
 
+#define IXT_OWN_CHUNK_VEC
+#include "index_test_util.h"
+
 #define OK(expr)                                                                             \
     do {                                                                                     \
         int rc_ = (expr);                                                                    \
@@ -31,15 +34,6 @@
     } while (0)
 
 static int g_counter;
-
-typedef struct tctx {
-    char *root;
-    rag_config cfg;
-    rag_index *ix;
-    rag_queue_transport *t;
-    rag_queue_policy pol;
-    int msg_no;
-} tctx;
 
 static void t_open(tctx *c)
 {
@@ -169,24 +163,6 @@ static void put_revert(tctx *c, const char *doc, uint64_t version)
     OK(rag_ev_revert_encode(&ev, &w));
     publish(c, RAG_TOPIC_REVERT, &w);
     rag_wbuf_free(&w);
-}
-
-static size_t drain(tctx *c, rag_consumer *cons)
-{
-    size_t total = 0, n;
-    do {
-        OK(rag_consumer_run_once(cons, c->t, &c->pol, &n));
-        total += n;
-    } while (n);
-    return total;
-}
-
-static void drain_all(tctx *c)
-{
-    while (drain(c, rag_index_consumer_embedded(c->ix)) +
-           drain(c, rag_index_consumer_deleted(c->ix)) +
-           drain(c, rag_index_consumer_revert(c->ix)))
-        ;
 }
 
 /* ---- searching ---------------------------------------------------------------------------- */

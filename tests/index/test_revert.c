@@ -20,6 +20,8 @@
 
 #define DIM 8
 
+#include "index_test_util.h"
+
 #define OK(expr)                                                                             \
     do {                                                                                     \
         int rc_ = (expr);                                                                    \
@@ -29,15 +31,6 @@
 
 static int g_faiss;
 static int g_counter;
-
-typedef struct tctx {
-    char *root;
-    rag_config cfg;
-    rag_index *ix;
-    rag_queue_transport *t;
-    rag_queue_policy pol;
-    int msg_no;
-} tctx;
 
 static void t_open(tctx *c)
 {
@@ -83,28 +76,6 @@ static int teardown(void **state)
 }
 
 /* ---- events ------------------------------------------------------------------------------ */
-
-static void chunk_vec(const char *doc, uint64_t version, uint32_t chunk, float *out)
-{
-    char key[256];
-    int n = snprintf(key, sizeof key, "%s|%llu|%u", doc, (unsigned long long)version, chunk);
-    uint8_t h[16];
-    rag_hash128(key, (size_t)n, h);
-    uint64_t s;
-    memcpy(&s, h, 8);
-    s |= 1;
-    float norm = 0;
-    for (int i = 0; i < DIM; i++) {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        out[i] = (float)((s >> 11) * (1.0 / 9007199254740992.0)) - 0.5f;
-        norm += out[i] * out[i];
-    }
-    norm = sqrtf(norm);
-    for (int i = 0; i < DIM; i++)
-        out[i] /= norm;
-}
 
 /* A trail of `hops` hops as an upstream module would have left it. */
 static void make_trail(rag_ev_trail *t, size_t hops)
@@ -185,24 +156,6 @@ static void put_deleted(tctx *c, const char *doc, uint64_t version, size_t hops)
     OK(rag_ev_deleted_encode(&ev, &w));
     publish_id(c, RAG_TOPIC_DELETED, &w, NULL);
     rag_wbuf_free(&w);
-}
-
-static size_t drain(tctx *c, rag_consumer *cons)
-{
-    size_t total = 0, n;
-    do {
-        OK(rag_consumer_run_once(cons, c->t, &c->pol, &n));
-        total += n;
-    } while (n);
-    return total;
-}
-
-static void drain_all(tctx *c)
-{
-    while (drain(c, rag_index_consumer_embedded(c->ix)) +
-           drain(c, rag_index_consumer_deleted(c->ix)) +
-           drain(c, rag_index_consumer_revert(c->ix)))
-        ;
 }
 
 typedef struct hop_copy {
