@@ -12,6 +12,10 @@
  * point summation order depends on the text only, never on table capacities.
  *
  * Thread-safety: the state is immutable after init; all scratch memory lives in the call.
+ *
+ * The `bag` slot (provider version 2) hands the same model to an accelerator: cpu_featurize
+ * runs collect_terms and emits the terms finish_vector would sum, and the table rows; the CUDA
+ * provider (backends/embed-cuda) sums and normalises them on the device.
  */
 #include <math.h>
 #include <stdint.h>
@@ -366,6 +370,80 @@ static int cpu_embed(void *state, const char *const *texts, const size_t *lens, 
     return rc;
 }
 
+/* ---- the embedding-bag description (version-2 `bag` slot) ------------------------------- */
+
+/* The terms cpu_embed sums, one per distinct non-stopword token in first-occurrence order:
+ * hash mode (bucket h % dim, +-tf weight with the sign from the top bit of h), table mode
+ * (row, tf weight).  Summing weight (or weight * row) in double in this order and
+ * normalising as finish_vector does gives cpu_embed's vectors; the only difference is that
+ * the weight is handed over as a float (a relative 6e-8 at most, ~1e-7 on a component).
+ * Buckets are not merged: two tokens hitting one bucket are two terms, as in finish_vector. */
+static int cpu_featurize(void *fstate, const char *const *texts, const size_t *lens, size_t n,
+                         uint32_t *index, float *weight, size_t cap, size_t *offsets,
+                         size_t *needed)
+{
+    const cpu_state *st = fstate;
+    if (!st || !offsets || (n && (!texts || !lens)) || (cap && (!index || !weight)))
+        return rag_error_set(RAG_EINVAL, "cpu featurize: NULL argument");
+    scratch s;
+    int rc = scratch_init(&s, st);
+    if (rc)
+        return rc;
+    /* Keep counting past `cap` so that ETOOBIG reports the exact capacity needed. */
+    size_t total = 0;
+    offsets[0] = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!texts[i] && lens[i]) {
+            rc = rag_error_set(RAG_EINVAL, "cpu featurize: text %zu is NULL", i);
+            break;
+        }
+        rc = collect_terms(&s, texts[i] ? texts[i] : "", lens[i]);
+        if (rc)
+            break;
+        for (size_t k = 0; k < s.n_terms; k++) {
+            const tf_term *t = &s.terms[k];
+            if (t->stop)
+                continue;
+            if (total < cap) {
+                double w = tf_weight(t->count);
+                if (st->mode == CPU_MODE_HASH) {
+                    index[total] = (uint32_t)(t->key % st->dim);
+                    weight[total] = (float)((t->key >> 63) ? -w : w);
+                } else {
+                    index[total] = (uint32_t)t->key;
+                    weight[total] = (float)w;
+                }
+            }
+            total++;
+        }
+        offsets[i + 1] = total;
+    }
+    scratch_free(&s);
+    if (rc)
+        return rc;
+    if (total > cap) {
+        if (needed)
+            *needed = total;
+        return rag_error_set(RAG_ETOOBIG, "cpu featurize: %zu terms, capacity %zu", total, cap);
+    }
+    return RAG_OK;
+}
+
+static int cpu_bag(void *state, rag_embed_bag *out)
+{
+    cpu_state *st = state;
+    if (!st || !out)
+        return RAG_EINVAL;
+    memset(out, 0, sizeof *out);
+    out->kind = st->mode == CPU_MODE_HASH ? RAG_EMBED_BAG_HASH : RAG_EMBED_BAG_TABLE;
+    out->dim = st->dim;
+    out->rows = st->mode == CPU_MODE_TABLE ? st->rows : NULL;
+    out->n_rows = st->mode == CPU_MODE_TABLE ? st->n_rows : 0;
+    out->featurize_state = st;
+    out->featurize = cpu_featurize;
+    return RAG_OK;
+}
+
 static int cpu_fingerprint(void *state, char *buf, size_t size)
 {
     const cpu_state *st = state;
@@ -402,6 +480,7 @@ static void fill_vtable(rag_embed_provider *out, cpu_state *st)
     out->embed = cpu_embed;
     out->fingerprint = cpu_fingerprint;
     out->free = cpu_free;
+    out->bag = cpu_bag;
 }
 
 int rag_embed_cpu_hash_init(rag_embed_provider *out, unsigned int dim)

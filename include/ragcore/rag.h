@@ -27,7 +27,7 @@ extern "C" {
 /** Opaque handle on one root directory. */
 typedef struct rag_ctx rag_ctx;
 
-#define RAG_OPTIONS_VERSION 3u
+#define RAG_OPTIONS_VERSION 4u
 
 /** Longest document id in bytes (excluding NUL). */
 #define RAG_DOC_ID_MAX 256
@@ -73,9 +73,19 @@ typedef struct rag_options {
     /** Weight of the lexical side in hybrid search, 0..1: score = w * lexical / max lexical
      *  + (1 - w) * vector / max vector [0.95]; 0: the default, a negative value means 0. */
     float hybrid_lexical_weight;
+    /* ---- version 4 ---- */
+    /** 1: when the root was built with a provider of another fingerprint (or dimension),
+     *  re-embed it with this one instead of failing with ::RAG_EFINGERPRINT.  rag_open()
+     *  records the new provider, drops every stored vector (they belong to the old model;
+     *  queries are embedded by the new one), and sends each document's active version through
+     *  embed and index again.  Until a document's vectors arrive it is found by the lexical
+     *  side only; rag_drain() waits for all of them, and rag_status_info::reembed_pending
+     *  counts the chunks still without a vector.  Interrupted re-embeds resume at the next
+     *  rag_open().  No effect when the fingerprint matches [0]. */
+    int reembed;
 } rag_options;
 
-#define RAG_OPTIONS_INIT {RAG_OPTIONS_VERSION, NULL, NULL, 0u, NULL, 0, 0, 0, 0, 0, 0, 0u, 0u, 0u, 0u, 0u, 0, NULL, 0u, 0u, 0.0f, 0.0f, 0.0f}
+#define RAG_OPTIONS_INIT {RAG_OPTIONS_VERSION, NULL, NULL, 0u, NULL, 0, 0, 0, 0, 0, 0, 0u, 0u, 0u, 0u, 0u, 0, NULL, 0u, 0u, 0.0f, 0.0f, 0.0f, 0}
 
 /**
  * Fill `opts` with defaults.
@@ -91,7 +101,8 @@ RAG_API int rag_options_init(rag_options *opts);
  * @param opts       options, or NULL for defaults.  Copied; strings need not outlive the call.
  * @return ::RAG_OK; ::RAG_EINVAL bad options; ::RAG_EVERSION unsupported options/vtable
  *         version or on-disk format; ::RAG_EBUSY another process holds the root;
- *         ::RAG_EFINGERPRINT the root was built with a different provider; ::RAG_EIO,
+ *         ::RAG_EFINGERPRINT the root was built with a provider of another fingerprint or
+ *         dimension and rag_options::reembed is not set; ::RAG_EIO,
  *         ::RAG_ESTORAGE, ::RAG_EINDEX, ::RAG_ECORRUPT on storage failures.
  */
 RAG_API int rag_open(rag_ctx **out, const char *root, const rag_options *opts);
@@ -298,7 +309,7 @@ typedef struct rag_status_queue {
     uint64_t inflight;
 } rag_status_queue;
 
-#define RAG_STATUS_VERSION 3u
+#define RAG_STATUS_VERSION 4u
 
 typedef struct rag_status_info {
     unsigned int version;  /**< set by the caller to ::RAG_STATUS_VERSION */
@@ -319,6 +330,11 @@ typedef struct rag_status_info {
     uint64_t cache_hits;        /**< searches answered from the result cache (earlier handles' counts
                                      are added at rag_close(); lost with the cache after a crash) */
     uint64_t cache_misses;      /**< searches that ran against the index (counted the same way) */
+    /* ---- version 4 (filled only when the caller set version >= 4) ---- */
+    uint64_t model_generation;  /**< provider changes this root has been re-embedded for (0: none) */
+    uint64_t reembed_pending;   /**< live chunks whose vector of the current model has not
+                                     arrived yet (0 once a re-embed has drained) */
+    char provider_fingerprint[128]; /**< fingerprint of the provider the root is built with */
 } rag_status_info;
 
 /**

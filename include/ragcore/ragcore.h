@@ -7,6 +7,7 @@
 
 #include "ragcore/common.h"
 #include "ragcore/sys/embed_provider.h"
+#include "ragcore/sys/embed_cuda.h"
 #include "ragcore/sys/queue_transport.h"
 #include "ragcore/rag.h"
 #include "ragcore/providers.h"

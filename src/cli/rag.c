@@ -59,6 +59,10 @@ typedef struct cli {
     const char *docs, *queries, *qrels;
     int k_set;    /* -k given (eval's default depth differs from search's) */
     int mode_all; /* --mode all: eval every mode */
+    /* embedding provider (global options) */
+    const char *provider; /* "cpu" (default), "cuda", "remote" */
+    unsigned int dim;     /* cpu/cuda: hash dimension */
+    rag_embed_remote_options remote;
 } cli;
 
 static volatile sig_atomic_t interrupted;
@@ -84,6 +88,9 @@ static int fail(int code, const char *what)
 static int usage(void)
 {
     fputs("usage: rag [--root DIR] [--no-sync] [--hybrid-weight W] [--bm25-k1 K] [--bm25-b B]\n"
+          "           [--provider cpu|cuda|remote] [--dim N] [--reembed]\n"
+          "           [--remote-url URL --remote-model M --remote-dim N [--remote-key-env VAR]\n"
+          "            [--remote-batch N]]\n"
           "           COMMAND [ARGS]\n"
           "  ingest PATH... | ingest --jsonl FILE   [--no-wait] [--acl P,...] [--all]\n"
           "  put ID FILE [--acl P,...] [--mime M] [--title T] [--uri U] [--key K]\n"
@@ -99,6 +106,8 @@ static int usage(void)
           "  eval --docs D.jsonl --queries Q.jsonl --qrels R.tsv [--mode M|all] [-k N] [--json]\n"
           "       (ingests D unless stored, reports nDCG@10 and recall@N, N default 100)\n"
           "  --version\n"
+          "The provider must be the one the root was built with (its fingerprint is recorded);\n"
+          "--reembed re-embeds every document with the given provider instead of refusing.\n"
           "DIR defaults to $RAG_ROOT. Without --as, search and ask run with operator access\n"
           "(every document); with --as only public documents and those the principals may read.\n",
           stderr);
@@ -148,13 +157,50 @@ static char *read_file(const char *path, size_t *len)
     return buf;
 }
 
+/* The provider the global options name; NULL in `*p` for the built-in default. */
+static int make_provider(cli *c, rag_embed_provider *p, int *have)
+{
+    *have = 0;
+    const char *name = c->provider ? c->provider : "cpu";
+    int rc;
+    if (!strcmp(name, "cpu")) {
+        if (!c->dim)
+            return 0; /* rag_open's default: cpu hash, 384-d */
+        rc = rag_embed_cpu_hash_init(p, c->dim);
+    } else if (!strcmp(name, "cuda")) {
+        rag_embed_provider cpu;
+        rc = rag_embed_cpu_hash_init(&cpu, c->dim);
+        if (!rc) {
+            rc = rag_embed_cuda_init(p, &cpu, NULL);
+            if (rc)
+                rag_embed_provider_release(&cpu);
+        }
+    } else if (!strcmp(name, "remote")) {
+        rc = rag_embed_remote_init(p, &c->remote);
+    } else {
+        fprintf(stderr, "rag: --provider %s: expected cpu, cuda or remote\n", name);
+        return 2;
+    }
+    if (rc)
+        return fail(rc, "provider");
+    *have = 1;
+    return 0;
+}
+
 static int open_ctx(cli *c)
 {
     if (!c->root) {
         fputs("rag: no root directory: pass --root DIR or set RAG_ROOT\n", stderr);
         return 2;
     }
+    rag_embed_provider p;
+    int have = 0;
+    int prc = make_provider(c, &p, &have);
+    if (prc)
+        return prc;
+    c->opts.provider = have ? &p : NULL; /* copied by rag_open, which owns its state */
     int rc = rag_open(&c->ctx, c->root, &c->opts);
+    c->opts.provider = NULL;
     if (rc)
         return fail(rc, "open");
     return 0;
@@ -713,6 +759,10 @@ static int cmd_status(cli *c)
         json_object_set_new(o, "cache", json_pack("{s:I, s:I}", "hits",
                                                   (json_int_t)st.cache_hits, "misses",
                                                   (json_int_t)st.cache_misses));
+        json_object_set_new(o, "provider",
+                            json_pack("{s:s, s:I, s:I}", "fingerprint", st.provider_fingerprint,
+                                      "model_generation", (json_int_t)st.model_generation,
+                                      "reembed_pending", (json_int_t)st.reembed_pending));
         char *s = json_dumps(o, JSON_COMPACT);
         puts(s);
         free(s);
@@ -722,7 +772,7 @@ static int cmd_status(cli *c)
     printf("documents     %llu\nversions      %llu\nchunks        %llu\nvectors       %llu\n"
            "dead letters  %llu\nindex epoch   %llu\nsagas         %llu running, %llu "
            "compensating, %llu failed\ncache         %llu hits, %llu misses "
-           "(%.0f%% hit rate)\nqueues:\n",
+           "(%.0f%% hit rate)\n",
            (unsigned long long)st.documents, (unsigned long long)st.versions,
            (unsigned long long)st.chunks, (unsigned long long)st.vectors,
            (unsigned long long)st.dead_letters, (unsigned long long)st.index_epoch,
@@ -732,6 +782,12 @@ static int cmd_status(cli *c)
            st.cache_hits + st.cache_misses
                ? 100.0 * (double)st.cache_hits / (double)(st.cache_hits + st.cache_misses)
                : 0.0);
+    printf("provider      %s (model generation %llu",
+           st.provider_fingerprint, (unsigned long long)st.model_generation);
+    if (st.reembed_pending)
+        printf("; re-embed: %llu chunks still without a vector", (unsigned long long)st.reembed_pending);
+    puts(")");
+    puts("queues:");
     for (size_t i = 0; i < st.queue_count; i++)
         printf("  %-16s ready %llu  delayed %llu  inflight %llu\n", st.queues[i].name,
                (unsigned long long)st.queues[i].ready, (unsigned long long)st.queues[i].delayed,
@@ -1385,6 +1441,8 @@ int main(int argc, char **argv)
     c.root = getenv("RAG_ROOT");
     c.k = 10;
     c.budget = 2048;
+    rag_embed_remote_options ro = RAG_EMBED_REMOTE_OPTIONS_INIT;
+    c.remote = ro;
     setvbuf(stdout, NULL, _IOLBF, 0);
 
     /* Options may appear anywhere; the first non-option word is the command. */
@@ -1416,6 +1474,35 @@ int main(int argc, char **argv)
             c.root = next;
         } else if (!strcmp(a, "--no-sync")) {
             c.opts.no_sync = 1;
+        } else if (!strcmp(a, "--reembed")) {
+            c.opts.reembed = 1;
+        } else if (!strcmp(a, "--provider")) {
+            NEED_ARG();
+            c.provider = next;
+        } else if (!strcmp(a, "--remote-url")) {
+            NEED_ARG();
+            c.remote.base_url = next;
+        } else if (!strcmp(a, "--remote-model")) {
+            NEED_ARG();
+            c.remote.model = next;
+        } else if (!strcmp(a, "--remote-key-env")) {
+            NEED_ARG();
+            c.remote.api_key_env = next;
+        } else if (!strcmp(a, "--dim") || !strcmp(a, "--remote-dim") ||
+                   !strcmp(a, "--remote-batch")) {
+            NEED_ARG();
+            size_t v = 0;
+            if (parse_size(next, &v) || v == 0 || v > 65536) {
+                fprintf(stderr, "rag: %s needs a number in 1..65536\n", a);
+                free(args);
+                return 2;
+            }
+            if (!strcmp(a, "--dim"))
+                c.dim = (unsigned int)v;
+            else if (!strcmp(a, "--remote-dim"))
+                c.remote.dim = (unsigned int)v;
+            else
+                c.remote.batch_size = v;
         } else if (!strcmp(a, "--hybrid-weight") || !strcmp(a, "--bm25-k1") ||
                    !strcmp(a, "--bm25-b")) {
             NEED_ARG();

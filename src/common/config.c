@@ -55,6 +55,8 @@ int rag_config_init(rag_config *cfg, const char *root, const rag_options *opts)
             cfg->hybrid_lexical_weight =
                 opts->hybrid_lexical_weight < 0 ? 0.0f : opts->hybrid_lexical_weight;
     }
+    /* version-4 fields */
+    cfg->reembed = opts->version >= 4 && opts->reembed;
 #undef DEF
     if (cfg->embed_dim < 8 || cfg->embed_dim > 4096)
         return rag_error_set(RAG_EINVAL, "embed_dim %u outside 8..4096", cfg->embed_dim);

@@ -110,6 +110,7 @@ int rag_ev_chunked_encode(const rag_ev_chunked *ev, rag_wbuf *b)
         rag_wbuf_str(b, c->text, c->text_len);
     }
     put_trail(b, &ev->trail);
+    rag_wbuf_u32(b, ev->flags);
     return b->err ? rag_error_set(b->err, "encoding doc.chunked") : RAG_OK;
 }
 
@@ -150,6 +151,9 @@ int rag_ev_chunked_decode(const void *data, size_t len, rag_ev_chunked *ev)
     }
     ev->chunk_count = n;
     get_trail(&r, &ev->trail);
+    /* flags came later: messages written before end after the trail (flags 0) */
+    if (!r.err && r.len - r.off >= 4)
+        ev->flags = rag_rbuf_u32(&r);
     if (r.err) {
         rc = RAG_ECORRUPT;
         goto fail;
@@ -188,6 +192,8 @@ int rag_ev_embedded_encode(const rag_ev_embedded *ev, rag_wbuf *b)
         rag_wbuf_f32s(b, v->vector, ev->dim);
     }
     put_trail(b, &ev->trail);
+    rag_wbuf_u64(b, ev->model_gen);
+    rag_wbuf_u32(b, ev->flags);
     return b->err ? rag_error_set(b->err, "encoding doc.embedded") : RAG_OK;
 }
 
@@ -236,6 +242,12 @@ int rag_ev_embedded_decode(const void *data, size_t len, rag_ev_embedded *ev)
         rag_rbuf_f32s(&r, v->vector, ev->dim);
     }
     get_trail(&r, &ev->trail);
+    /* model generation and flags came later: older messages decode with 0 (generation 0 is
+     * the model a root had before its first re-embed) */
+    if (!r.err && r.len - r.off >= 12) {
+        ev->model_gen = rag_rbuf_u64(&r);
+        ev->flags = rag_rbuf_u32(&r);
+    }
     if (r.err) {
         rc = RAG_ECORRUPT;
         goto fail;
@@ -286,6 +298,7 @@ int rag_ev_indexed_encode(const rag_ev_indexed *ev, rag_wbuf *b)
     rag_wbuf_u32(b, ev->status);
     rag_wbuf_u32(b, ev->vector_count);
     put_trail(b, &ev->trail);
+    rag_wbuf_u32(b, ev->flags);
     return b->err ? rag_error_set(b->err, "encoding doc.indexed") : RAG_OK;
 }
 
@@ -302,6 +315,8 @@ int rag_ev_indexed_decode(const void *data, size_t len, rag_ev_indexed *ev)
     ev->status = rag_rbuf_u32(&r);
     ev->vector_count = rag_rbuf_u32(&r);
     get_trail(&r, &ev->trail);
+    if (!r.err && r.len - r.off >= 4)
+        ev->flags = rag_rbuf_u32(&r);
     return r.err ? rag_error_set(RAG_ECORRUPT, "decoding doc.indexed failed") : RAG_OK;
 }
 

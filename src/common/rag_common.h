@@ -46,6 +46,9 @@ typedef struct rag_config {
     uint64_t saga_deadline_ms;
     float bm25_k1, bm25_b;          /* lexical side */
     float hybrid_lexical_weight;    /* retrieve's fusion */
+    int reembed;                    /* rag_options v4: re-embed on a provider change */
+    uint64_t model_gen;             /* set by the core from the embed module before the
+                                       index opens: the model generation of its vectors */
 } rag_config;
 
 /* Resolve defaults and validate. `opts` may be NULL. */

@@ -70,7 +70,14 @@ typedef struct rag_ev_chunked {
     size_t chunk_count;
     rag_ev_chunk *chunks;  /* allocated */
     rag_ev_trail trail;
+    uint32_t flags;        /* RAG_EV_REEMBED */
 } rag_ev_chunked;
+
+/* doc.chunked / doc.embedded flag: not a new version but the active one, sent again to be
+ * embedded by a new provider (a re-embed).  Embed does not report its failure as doc.failed
+ * (the version stays active; the dead letter is the report), and the index only replaces the
+ * vectors of the version if it is still the active one; no doc.indexed answers it. */
+#define RAG_EV_REEMBED 0x1u
 
 int rag_ev_chunked_encode(const rag_ev_chunked *ev, rag_wbuf *out);
 int rag_ev_chunked_decode(const void *data, size_t len, rag_ev_chunked *ev);
@@ -95,6 +102,8 @@ typedef struct rag_ev_embedded {
     size_t vector_count;
     rag_ev_vector *vectors; /* allocated; each ->vector allocated */
     rag_ev_trail trail;
+    uint64_t model_gen;    /* the embed module's model generation that made the vectors */
+    uint32_t flags;        /* RAG_EV_REEMBED */
 } rag_ev_embedded;
 
 int rag_ev_embedded_encode(const rag_ev_embedded *ev, rag_wbuf *out);
@@ -124,7 +133,13 @@ typedef struct rag_ev_indexed {
     uint32_t status;       /* rag_indexed_status */
     uint32_t vector_count; /* labels now live for this version */
     rag_ev_trail trail;
+    uint32_t flags;        /* RAG_EV_STALE_VECTORS */
 } rag_ev_indexed;
+
+/* doc.indexed flag: the version was switched to, but its vectors came from an older model
+ * generation than the index's (embedded before a re-embed began), so it is searchable only
+ * on the lexical side: ingest answers with a re-embed doc.chunked for it. */
+#define RAG_EV_STALE_VECTORS 0x1u
 
 int rag_ev_indexed_encode(const rag_ev_indexed *ev, rag_wbuf *out);
 int rag_ev_indexed_decode(const void *data, size_t len, rag_ev_indexed *ev);

@@ -411,14 +411,22 @@ int rag_embed_texts(const rag_embed_provider *p, const char *const *texts, const
         int locked = (p->flags & RAG_EMBED_SINGLE_THREADED) != 0;
         if (locked)
             pthread_mutex_lock(&single_threaded_lock);
+        /* A built-in provider explains its failure through rag_error_set (an HTTP status, a
+         * CUDA error): keep that detail for the dead letter and the trace.  A host's provider
+         * leaves the slot empty. */
+        rag_error_clear();
         int rc = p->embed(p->state, texts + i, lens + i, m, out + i * (size_t)p->dim);
         if (locked)
             pthread_mutex_unlock(&single_threaded_lock);
+        if (rc == 0)
+            continue;
+        char detail[200];
+        snprintf(detail, sizeof detail, "%s", rag_error_last());
         if (rc == RAG_ETRANSIENT)
-            return rag_error_set(RAG_ETRANSIENT, "embedding provider: temporary failure");
-        if (rc != 0)
-            return rag_error_set(RAG_EPROVIDER, "embedding provider failed with %d (%s)", rc,
-                                 rag_strerror(rc));
+            return rag_error_set(RAG_ETRANSIENT, "embedding provider: temporary failure%s%s",
+                                 *detail ? ": " : "", detail);
+        return rag_error_set(RAG_EPROVIDER, "embedding provider failed with %d (%s)%s%s", rc,
+                             rag_strerror(rc), *detail ? ": " : "", detail);
     }
     return RAG_OK;
 }

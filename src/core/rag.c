@@ -353,6 +353,32 @@ static int relay_all(rag_ctx *ctx)
     return first;
 }
 
+/* Documents sent per re-embed step: one ingest txn each, relayed before the next, so the
+ * outbox never holds more than this many documents' chunks. */
+#define REEMBED_STEP_DOCS 256
+
+/*
+ * After a re-embed began (or at every open while one is unfinished): ingest sends the active
+ * version of every document, flagged as a re-embed, in resumable steps.  The work itself is
+ * done by the consumers, like any other (rag_drain, or the workers).  A generation whose scan
+ * finished returns at once.
+ */
+static int reembed_scan(rag_ctx *ctx)
+{
+    uint64_t gen = ctx->cfg.model_gen;
+    if (gen == 0)
+        return RAG_OK;
+    for (;;) {
+        size_t sent = 0;
+        int done = 0;
+        int rc = rag_ingest_reembed_step(ctx->ingest, gen, REEMBED_STEP_DOCS, &sent, &done);
+        if (!rc)
+            rc = relay_all(ctx);
+        if (rc || done)
+            return rc;
+    }
+}
+
 static int open_modules(rag_ctx *ctx)
 {
     int rc = rag_ingest_open(&ctx->ingest, &ctx->cfg);
@@ -361,6 +387,9 @@ static int open_modules(rag_ctx *ctx)
     rc = rag_embed_open(&ctx->embed, &ctx->cfg, &ctx->provider);
     if (rc)
         return rc;
+    /* The embed module owns the record of the provider; a re-embed has just advanced its
+     * model generation, and the index drops the older generation's vectors as it opens. */
+    ctx->cfg.model_gen = rag_embed_model_gen(ctx->embed);
     rag_vector_backend *backend = NULL;
     rc = rag_vector_backend_faiss_new(&backend, ctx->provider.dim, ctx->cfg.index_factory);
     if (rc)
@@ -392,7 +421,9 @@ static int open_modules(rag_ctx *ctx)
     ctx->outboxes[ctx->outbox_count++] = rag_index_outbox(ctx->index);
     /* Rows a crashed process committed but never relayed go out now. */
     rc = relay_all(ctx);
-    return rc;
+    if (rc)
+        return rc;
+    return reembed_scan(ctx);
 }
 
 int rag_open(rag_ctx **out, const char *root, const rag_options *opts)
@@ -412,7 +443,11 @@ int rag_open(rag_ctx **out, const char *root, const rag_options *opts)
     /* Take ownership of caller-supplied vtables first, so that every failure path below
      * releases their state exactly once (as documented). */
     if (opts && opts->version >= 1 && opts->provider) {
-        ctx->provider = *opts->provider;
+        /* Only the slots of the provider's own version exist in the caller's struct. */
+        unsigned int pv = opts->provider->version;
+        memcpy(&ctx->provider, opts->provider,
+               pv >= 1 && pv <= RAG_EMBED_PROVIDER_VERSION ? rag_embed_provider_size(pv)
+                                                           : rag_embed_provider_size(1));
         ctx->have_provider = 1;
     }
     if (opts && opts->version >= 1 && opts->transport) {
@@ -800,7 +835,8 @@ int rag_status(rag_ctx *ctx, rag_status_info *out)
     unsigned int version = out->version;
     /* Clear only what a caller of this version has: an older caller's struct ends before
      * the fields added later. */
-    size_t size = version >= 3   ? sizeof *out
+    size_t size = version >= 4   ? sizeof *out
+                  : version == 3 ? offsetof(rag_status_info, model_generation)
                   : version == 2 ? offsetof(rag_status_info, cache_hits)
                                  : offsetof(rag_status_info, sagas_running);
     memset(out, 0, size);
@@ -826,6 +862,12 @@ int rag_status(rag_ctx *ctx, rag_status_info *out)
     }
     if (version >= 3)
         rag_retrieve_stats_get(ctx->retrieve, &out->cache_hits, &out->cache_misses);
+    if (version >= 4) {
+        out->model_generation = xs.model_gen;
+        out->reembed_pending = xs.without_vector;
+        snprintf(out->provider_fingerprint, sizeof out->provider_fingerprint, "%s",
+                 rag_embed_fingerprint(ctx->embed));
+    }
     for (size_t i = 0; i < ctx->consumer_count; i++) {
         uint64_t dead = 0;
         rc = rag_dead_count(ctx->consumers[i]->env, &dead);

@@ -7,6 +7,9 @@
  *   "cache"  fp_hash[16] || chunk_hash[16] -> dim little-endian floats
  *   "meta"   "fingerprint" -> provider fingerprint recorded on first open
  *            "dim"         -> u32 (little-endian) dimension recorded on first open
+ *            "model_gen"   -> u64 (little-endian) model generation: 0 for the first provider,
+ *                             +1 at every re-embed (absent: 0).  Stamped on every
+ *                             doc.embedded so the index can tell vectors of an older model.
  *   plus the outbox ("__outbox", "__outbox_meta") and consumer ("__inbox", "__dead") tables.
  *
  * Nothing is cached in memory across messages: a message's effects live only in its nested
@@ -34,6 +37,7 @@ struct rag_embed {
     unsigned int dim;
     char fingerprint[RAG_EMBED_FINGERPRINT_MAX];
     uint8_t fp_hash[16];
+    uint64_t model_gen;
     _Atomic uint64_t hits, misses;
 };
 
@@ -90,9 +94,45 @@ static int read_fingerprint(rag_embed *em)
     return RAG_OK;
 }
 
-/* Record the fingerprint and dimension on first open; refuse a different provider later
- * (its vectors would not be comparable with those already indexed). */
-static int check_meta(rag_embed *em)
+static void u32_le(uint8_t d[4], uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        d[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void u64_le(uint8_t d[8], uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        d[i] = (uint8_t)(v >> (8 * i));
+}
+
+/* Record the provider (fingerprint, dimension, model generation) in `txn`. */
+static int meta_record(rag_embed *em, MDB_txn *txn)
+{
+    uint8_t d[4], g[8];
+    u32_le(d, em->dim);
+    u64_le(g, em->model_gen);
+    MDB_val k = {sizeof "fingerprint" - 1, "fingerprint"},
+            v = {strlen(em->fingerprint), em->fingerprint};
+    MDB_val kd = {sizeof "dim" - 1, "dim"}, vd = {4, d};
+    MDB_val kg = {sizeof "model_gen" - 1, "model_gen"}, vg = {8, g};
+    int mrc = mdb_put(txn, em->meta_dbi, &k, &v, 0);
+    if (!mrc)
+        mrc = mdb_put(txn, em->meta_dbi, &kd, &vd, 0);
+    if (!mrc)
+        mrc = mdb_put(txn, em->meta_dbi, &kg, &vg, 0);
+    return mrc ? rag_mdb_error(mrc, "embed: record provider fingerprint") : RAG_OK;
+}
+
+/*
+ * Record the provider on first open; later, refuse a provider of another fingerprint or
+ * dimension (its vectors are not comparable with those already indexed) unless the caller
+ * asked for a re-embed.  A re-embed records the new provider with the next model generation
+ * and empties the vector cache (its rows are the old model's and keyed by its fingerprint:
+ * never hit again), all in one txn; the core then has the index drop the old vectors and
+ * ingest send every active version again.
+ */
+static int check_meta(rag_embed *em, int reembed)
 {
     MDB_txn *txn;
     int mrc = mdb_txn_begin(em->env, NULL, 0, &txn);
@@ -101,23 +141,14 @@ static int check_meta(rag_embed *em)
     int rc = RAG_OK;
     MDB_val k = {sizeof "fingerprint" - 1, "fingerprint"}, v;
     MDB_val kd = {sizeof "dim" - 1, "dim"}, vd;
+    MDB_val kg = {sizeof "model_gen" - 1, "model_gen"}, vg;
     mrc = mdb_get(txn, em->meta_dbi, &k, &v);
     if (mrc == MDB_NOTFOUND) {
-        uint8_t d[4];
-        d[0] = (uint8_t)em->dim;
-        d[1] = (uint8_t)(em->dim >> 8);
-        d[2] = (uint8_t)(em->dim >> 16);
-        d[3] = (uint8_t)(em->dim >> 24);
-        v.mv_size = strlen(em->fingerprint);
-        v.mv_data = em->fingerprint;
-        vd.mv_size = 4;
-        vd.mv_data = d;
-        mrc = mdb_put(txn, em->meta_dbi, &k, &v, 0);
-        if (!mrc)
-            mrc = mdb_put(txn, em->meta_dbi, &kd, &vd, 0);
-        if (mrc) {
+        em->model_gen = 0;
+        rc = meta_record(em, txn);
+        if (rc) {
             mdb_txn_abort(txn);
-            return rag_mdb_error(mrc, "embed: record provider fingerprint");
+            return rc;
         }
         mrc = rag_txn_commit(txn);
         return mrc ? rag_mdb_error(mrc, "embed: commit provider fingerprint") : RAG_OK;
@@ -126,26 +157,52 @@ static int check_meta(rag_embed *em)
         mdb_txn_abort(txn);
         return rag_mdb_error(mrc, "embed: read provider fingerprint");
     }
-    size_t n = strlen(em->fingerprint);
-    if (v.mv_size != n || memcmp(v.mv_data, em->fingerprint, n) != 0) {
-        int len = v.mv_size < RAG_EMBED_FINGERPRINT_MAX ? (int)v.mv_size
-                                                        : RAG_EMBED_FINGERPRINT_MAX;
-        rc = rag_error_set(RAG_EFINGERPRINT,
-                           "embed: this root was built with embedding provider '%.*s' but the "
-                           "configured provider is '%s'; use the original provider or a new root",
-                           len, (const char *)v.mv_data, em->fingerprint);
-    } else if (mdb_get(txn, em->meta_dbi, &kd, &vd) == 0 && vd.mv_size == 4) {
+    char recorded[RAG_EMBED_FINGERPRINT_MAX];
+    size_t rlen = v.mv_size < sizeof recorded - 1 ? v.mv_size : sizeof recorded - 1;
+    memcpy(recorded, v.mv_data, rlen);
+    recorded[rlen] = 0;
+    uint32_t dim = em->dim;
+    if (mdb_get(txn, em->meta_dbi, &kd, &vd) == 0 && vd.mv_size == 4) {
         const uint8_t *d = vd.mv_data;
-        uint32_t dim = (uint32_t)d[0] | (uint32_t)d[1] << 8 | (uint32_t)d[2] << 16 |
-                       (uint32_t)d[3] << 24;
-        if (dim != em->dim)
-            rc = rag_error_set(RAG_EFINGERPRINT,
-                               "embed: provider '%s' was recorded with dimension %u but now "
-                               "reports %u",
-                               em->fingerprint, dim, em->dim);
+        dim = (uint32_t)d[0] | (uint32_t)d[1] << 8 | (uint32_t)d[2] << 16 |
+              (uint32_t)d[3] << 24;
     }
-    mdb_txn_abort(txn);
-    return rc;
+    em->model_gen = 0;
+    if (mdb_get(txn, em->meta_dbi, &kg, &vg) == 0 && vg.mv_size == 8) {
+        const uint8_t *g = vg.mv_data;
+        for (int i = 7; i >= 0; i--)
+            em->model_gen = em->model_gen << 8 | g[i];
+    }
+    int same = strcmp(recorded, em->fingerprint) == 0 && v.mv_size == rlen;
+    if (same && dim == em->dim) {
+        mdb_txn_abort(txn);
+        return RAG_OK;
+    }
+    if (!reembed) {
+        mdb_txn_abort(txn);
+        if (!same)
+            return rag_error_set(RAG_EFINGERPRINT,
+                                 "embed: this root was built with embedding provider '%s' but "
+                                 "the configured provider is '%s'; use the original provider, "
+                                 "or re-embed the root with this one (rag_options.reembed = 1, "
+                                 "rag --reembed)",
+                                 recorded, em->fingerprint);
+        return rag_error_set(RAG_EFINGERPRINT,
+                             "embed: provider '%s' was recorded with dimension %u but now "
+                             "reports %u; re-embed the root (rag_options.reembed = 1, "
+                             "rag --reembed)",
+                             em->fingerprint, dim, em->dim);
+    }
+    em->model_gen++;
+    rc = meta_record(em, txn);
+    if (!rc && (mrc = mdb_drop(txn, em->cache_dbi, 0)) != 0)
+        rc = rag_mdb_error(mrc, "embed: empty the vector cache for a re-embed");
+    if (rc) {
+        mdb_txn_abort(txn);
+        return rc;
+    }
+    mrc = rag_txn_commit(txn);
+    return mrc ? rag_mdb_error(mrc, "embed: commit the re-embed's provider") : RAG_OK;
 }
 
 /* ---- the consumer ---------------------------------------------------------------------- */
@@ -212,6 +269,12 @@ static int embed_on_dead(void *self, MDB_txn *txn, const rag_queue_message *msg,
     memset(&f, 0, sizeof f);
     rag_ev_chunked ev;
     int decoded = rag_ev_chunked_decode(msg->data, msg->size, &ev) == RAG_OK;
+    if (decoded && (ev.flags & RAG_EV_REEMBED)) {
+        /* A re-embed of an active version: nothing to compensate (the version stays active,
+         * found by the lexical side); the dead letter is the report, `rag dlq retry` the fix. */
+        rag_ev_chunked_clear(&ev);
+        return RAG_OK;
+    }
     if (decoded) {
         f.doc_id = ev.doc_id;
         f.version = ev.version;
@@ -357,6 +420,8 @@ static int embed_handle(void *self, MDB_txn *txn, const rag_queue_message *msg)
     out.vector_count = n;
     out.vectors = w.out_vecs;
     out.trail = w.ev.trail;
+    out.model_gen = em->model_gen;
+    out.flags = w.ev.flags & RAG_EV_REEMBED;
     rag_ev_trail_add(&out.trail, "embed", RAG_TOPIC_CHUNKED, rag_now_ms(), msg->attempts,
                      RAG_OK);
     rc = rag_ev_embedded_encode(&out, &w.buf);
@@ -406,7 +471,7 @@ int rag_embed_open(rag_embed **out, const rag_config *cfg, const rag_embed_provi
         (rc = rag_env_open(&em->env, cfg, "embed", EMBED_MAX_DBS)) != RAG_OK ||
         (rc = rag_dbi_open(em->env, "cache", 0, &em->cache_dbi)) != RAG_OK ||
         (rc = rag_dbi_open(em->env, "meta", 0, &em->meta_dbi)) != RAG_OK ||
-        (rc = check_meta(em)) != RAG_OK ||
+        (rc = check_meta(em, cfg->reembed)) != RAG_OK ||
         (rc = rag_outbox_open(&em->outbox, em->env, "embed")) != RAG_OK)
         goto fail;
 
@@ -430,6 +495,8 @@ fail:
 rag_consumer *rag_embed_consumer(rag_embed *em) { return em ? &em->consumer : NULL; }
 rag_outbox *rag_embed_outbox(rag_embed *em) { return em ? em->outbox : NULL; }
 MDB_env *rag_embed_env(rag_embed *em) { return em ? em->env : NULL; }
+uint64_t rag_embed_model_gen(const rag_embed *em) { return em ? em->model_gen : 0; }
+const char *rag_embed_fingerprint(const rag_embed *em) { return em ? em->fingerprint : ""; }
 
 int rag_embed_stats_get(rag_embed *em, rag_embed_stats *out)
 {

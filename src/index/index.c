@@ -134,9 +134,10 @@ static int cmp_i64(const void *a, const void *b)
 void rag_index__apply(rag_index *ix, ix_batch *b)
 {
     /* Labels are never reused, so per label the batch holds at most one add followed by at
-     * most one remove: applying all adds, then all removes, equals applying in order, and a
+     * most one remove (a re-embed's vector-only add of a live label likewise precedes any
+     * removal of it): applying all adds, then all removes, equals applying in order, and a
      * label added and removed within the batch need not reach the backend at all. */
-    int64_t *rm = NULL, *add_l = NULL;
+    int64_t *rm = NULL, *add_l = NULL, *added = NULL;
     float *add_v = NULL;
     size_t n_rm = 0, n_add = 0;
     int rc = RAG_OK;
@@ -153,8 +154,9 @@ void rag_index__apply(rag_index *ix, ix_batch *b)
     if (b->n_add && !rc) {
         add_l = malloc(b->n_add * sizeof *add_l);
         add_v = malloc((size_t)b->n_add * ix->dim * sizeof *add_v);
+        added = malloc(b->n_add * sizeof *added);
     }
-    if (!skip || (b->n_add && (!add_l || !add_v)))
+    if (!skip || (b->n_add && (!add_l || !add_v || !added)))
         rc = RAG_ENOMEM;
     if (!rc) {
         for (size_t i = 0; i < b->n_add; i++) {
@@ -162,14 +164,19 @@ void rag_index__apply(rag_index *ix, ix_batch *b)
                 skip[i] = 1;
                 continue;
             }
+            if (b->add_kind[i] == IX_ADD_LABEL_ONLY)
+                continue; /* a vector of an older model: the backend does not get it */
             add_l[n_add] = b->add_labels[i];
             memcpy(add_v + n_add * ix->dim, b->add_vecs + i * ix->dim, ix->dim * sizeof(float));
             n_add++;
         }
-        /* Removals of labels the backend never got are dropped.  add_labels ascend: labels
-         * come from a counter, in batch order. */
+        /* Removals of labels the backend never got are dropped. */
+        if (b->n_add) {
+            memcpy(added, b->add_labels, b->n_add * sizeof *added);
+            qsort(added, b->n_add, sizeof *added, cmp_i64);
+        }
         for (size_t i = 0; i < b->n_rm; i++)
-            if (!b->n_add || !bsearch(&rm[i], b->add_labels, b->n_add, sizeof *rm, cmp_i64))
+            if (!b->n_add || !bsearch(&rm[i], added, b->n_add, sizeof *rm, cmp_i64))
                 rm[n_rm++] = rm[i];
     }
 
@@ -179,8 +186,8 @@ void rag_index__apply(rag_index *ix, ix_batch *b)
         rc = rag_index__mem_add_acl(&ix->mem, b->acls[i].id,
                                     (const char *const *)b->acls[i].principals, b->acls[i].n);
     for (size_t i = 0; i < b->n_add && !rc; i++) {
-        if (skip[i])
-            continue;
+        if (skip[i] || b->add_kind[i] == IX_ADD_VECTOR_ONLY)
+            continue; /* skipped, or a re-embedded vector of a label the view has live */
         rc = rag_index__mem_set_label(&ix->mem, b->add_labels[i], b->docs[b->add_doc[i]],
                                       b->add_version[i], b->add_chunk[i], b->add_acl[i]);
         if (!rc)
@@ -208,6 +215,7 @@ void rag_index__apply(rag_index *ix, ix_batch *b)
     free(skip);
     free(add_l);
     free(add_v);
+    free(added);
 }
 
 /* ---- reader ---------------------------------------------------------------------------------- */
@@ -646,27 +654,63 @@ int rag_index_open(rag_index **out, const rag_config *cfg, rag_vector_backend *b
             rc = rag_consumer_init(&ix->cons_revert.c);
     }
 
-    /* Format and dimension are fixed at creation: vectors of another size cannot mix. */
+    /* Format and dimension are fixed at creation: vectors of another size cannot mix.  The
+     * one exception is a re-embed (cfg->model_gen above the generation recorded here): the
+     * stored vectors belong to the old model, so they are dropped in this txn, together with
+     * the new dimension and generation; labels, documents and lexical rows stay, so every
+     * document remains findable on the lexical side while its re-embed travels. */
     MDB_txn *txn = NULL;
     if (!rc) {
         int mrc = mdb_txn_begin(ix->env, NULL, 0, &txn);
         if (mrc)
             rc = rag_mdb_error(mrc, "index open: txn");
     }
-    uint64_t format = 0, dim = 0;
+    uint64_t format = 0, dim = 0, gen = 0;
     if (!rc)
         rc = rag_index__meta_get(txn, ix->meta, "format", &format);
     if (!rc)
         rc = rag_index__meta_get(txn, ix->meta, "dim", &dim);
+    if (!rc)
+        rc = rag_index__meta_get(txn, ix->meta, "model_gen", &gen);
     if (!rc && format == 0) {
         rc = rag_index__meta_put(txn, ix->meta, "format", IX_FORMAT);
         if (!rc)
             rc = rag_index__meta_put(txn, ix->meta, "dim", ix->dim);
+        if (!rc)
+            rc = rag_index__meta_put(txn, ix->meta, "model_gen", cfg->model_gen);
         dim = ix->dim;
+        gen = cfg->model_gen;
     } else if (!rc && format != IX_FORMAT) {
         rc = rag_error_set(RAG_EVERSION, "index: on-disk format %llu not supported",
                            (unsigned long long)format);
     }
+    if (!rc && gen > cfg->model_gen)
+        rc = rag_error_set(RAG_EFINGERPRINT,
+                           "index: holds vectors of model generation %llu but the embed "
+                           "module is at %llu",
+                           (unsigned long long)gen, (unsigned long long)cfg->model_gen);
+    if (!rc && gen < cfg->model_gen) {
+        int mrc = mdb_drop(txn, ix->vectors, 0);
+        if (mrc)
+            rc = rag_mdb_error(mrc, "index open: drop the old model's vectors");
+        if (!rc)
+            rc = rag_index__meta_put(txn, ix->meta, "dim", ix->dim);
+        if (!rc)
+            rc = rag_index__meta_put(txn, ix->meta, "model_gen", cfg->model_gen);
+        /* the snapshot file holds the old vectors: never load it again */
+        if (!rc)
+            rc = rag_index__meta_put(txn, ix->meta, "snapshot_seq", IX_SNAPSHOT_INVALID);
+        /* a new epoch: results cached (by retrieve, keyed by the epoch) under the old vectors
+         * must not be served again */
+        uint64_t epoch = 0;
+        if (!rc)
+            rc = rag_index__meta_get(txn, ix->meta, "epoch", &epoch);
+        if (!rc)
+            rc = rag_index__meta_put(txn, ix->meta, "epoch", epoch + 1);
+        dim = ix->dim;
+        gen = cfg->model_gen;
+    }
+    ix->model_gen = gen;
     if (!rc && dim != ix->dim)
         rc = rag_error_set(RAG_EINVAL, "index: stored vectors have dimension %llu, backend %u",
                            (unsigned long long)dim, ix->dim);
@@ -811,6 +855,16 @@ int rag_index_stats_get(rag_index *ix, rag_index_stats *out)
         rc = rag_index__meta_get(rt, ix->meta, "epoch", &out->epoch);
     if (!rc)
         rc = rag_index__meta_get(rt, ix->meta, "log_seq", &out->log_seq);
+    if (!rc) {
+        /* vector rows exist only for live labels: the difference is what a re-embed owes */
+        MDB_stat st;
+        mrc = mdb_stat(rt, ix->vectors, &st);
+        if (mrc)
+            rc = rag_mdb_error(mrc, "index stats: vectors");
+        else
+            out->without_vector = out->vectors > st.ms_entries ? out->vectors - st.ms_entries : 0;
+    }
+    out->model_gen = ix->model_gen;
     mdb_txn_abort(rt);
     return rc;
 }

@@ -31,6 +31,7 @@ void rag_index__batch_free(ix_batch *b)
     free(b->add_chunk);
     free(b->add_acl);
     free(b->add_doc);
+    free(b->add_kind);
     free(b->add_vecs);
     free(b->add_lex_off);
     free(b->add_lex_len);
@@ -93,7 +94,7 @@ int rag_index__batch_doc(ix_batch *b, const char *doc, uint32_t *idx)
     return RAG_OK;
 }
 
-int rag_index__batch_add(ix_batch *b, int64_t label, uint32_t doc,
+int rag_index__batch_add(ix_batch *b, unsigned int kind, int64_t label, uint32_t doc,
                          uint64_t version, uint32_t chunk_no, uint32_t acl, const float *vec,
                          const void *lex, size_t lex_len)
 {
@@ -105,6 +106,7 @@ int rag_index__batch_add(ix_batch *b, int64_t label, uint32_t doc,
         GROW(b->add_chunk, cap, sizeof(uint32_t));
         GROW(b->add_acl, cap, sizeof(uint32_t));
         GROW(b->add_doc, cap, sizeof(uint32_t));
+        GROW(b->add_kind, cap, sizeof(uint8_t));
         GROW(b->add_vecs, cap * dim, sizeof(float));
         GROW(b->add_lex_off, cap, sizeof(size_t));
         GROW(b->add_lex_len, cap, sizeof(size_t));
@@ -125,7 +127,11 @@ int rag_index__batch_add(ix_batch *b, int64_t label, uint32_t doc,
     b->add_chunk[i] = chunk_no;
     b->add_acl[i] = acl;
     b->add_doc[i] = doc;
-    memcpy(b->add_vecs + i * dim, vec, dim * sizeof(float));
+    b->add_kind[i] = (uint8_t)kind;
+    if (vec)
+        memcpy(b->add_vecs + i * dim, vec, dim * sizeof(float));
+    else
+        memset(b->add_vecs + i * dim, 0, dim * sizeof(float));
     b->add_lex_off[i] = b->lex_len;
     b->add_lex_len[i] = lex_len;
     b->lex_len += lex_len;
@@ -195,6 +201,7 @@ void rag_index__batch_drop_group(ix_batch *b, size_t g)
     SHIFT(b->add_chunk, gr->add_end, start.n_add, tail_add);
     SHIFT(b->add_acl, gr->add_end, start.n_add, tail_add);
     SHIFT(b->add_doc, gr->add_end, start.n_add, tail_add);
+    SHIFT(b->add_kind, gr->add_end, start.n_add, tail_add);
     /* The rows stay in lex_buf (unreferenced) until the batch is freed. */
     SHIFT(b->add_lex_off, gr->add_end, start.n_add, tail_add);
     SHIFT(b->add_lex_len, gr->add_end, start.n_add, tail_add);

@@ -127,7 +127,7 @@ static int label_put(rag_index *ix, MDB_txn *txn, int64_t label, const char *doc
         if (mrc)
             rc = storage_error(mrc, "write label");
     }
-    if (!rc) {
+    if (!rc && vec) { /* NULL: a vector of an older model, left out until the re-embed */
         rag_wbuf_reset(&w);
         rag_wbuf_f32s(&w, vec, ix->dim);
         MDB_val k = {8, key}, v = {w.len, w.data};
@@ -190,12 +190,13 @@ int rag_index__log_put(rag_index *ix, MDB_txn *txn, uint64_t seq, const char *ms
 /* doc.indexed answering `msg` (of `topic`, whose decoded trail is `in`): the trail goes on
  * with one "index" hop.  The trail's strings point into the message, which outlives this
  * call (the event is encoded here). */
-static int emit_indexed(rag_index *ix, MDB_txn *txn, const rag_queue_message *msg,
-                        const char *topic, const rag_ev_trail *in, const char *doc,
-                        uint64_t version, uint32_t status, uint32_t count)
+static int emit_indexed_flags(rag_index *ix, MDB_txn *txn, const rag_queue_message *msg,
+                              const char *topic, const rag_ev_trail *in, const char *doc,
+                              uint64_t version, uint32_t status, uint32_t count, uint32_t flags)
 {
     rag_ev_indexed ev;
     memset(&ev, 0, sizeof ev);
+    ev.flags = flags;
     ev.doc_id = doc;
     ev.version = version;
     ev.status = status;
@@ -212,6 +213,13 @@ static int emit_indexed(rag_index *ix, MDB_txn *txn, const rag_queue_message *ms
     if (rc && rc != RAG_ETRANSIENT)
         rc = rag_error_set(RAG_ETRANSIENT, "index: doc.indexed not queued: %s", rag_error_last());
     return rc;
+}
+
+static int emit_indexed(rag_index *ix, MDB_txn *txn, const rag_queue_message *msg,
+                        const char *topic, const rag_ev_trail *in, const char *doc,
+                        uint64_t version, uint32_t status, uint32_t count)
+{
+    return emit_indexed_flags(ix, txn, msg, topic, in, doc, version, status, count, 0);
 }
 
 typedef struct ix_counters {
@@ -344,6 +352,9 @@ static int acl_intern(rag_index *ix, ix_batch *b, MDB_txn *txn, const char *cons
 
 /* ---- doc.embedded ------------------------------------------------------------------------ */
 
+static int reembed_apply(rag_index *ix, ix_batch *b, MDB_txn *txn, const rag_queue_message *msg,
+                         const rag_ev_embedded *ev);
+
 static int embedded_apply(rag_index *ix, ix_batch *b, MDB_txn *txn, const rag_queue_message *msg,
                           const rag_ev_embedded *ev)
 {
@@ -354,10 +365,26 @@ static int embedded_apply(rag_index *ix, ix_batch *b, MDB_txn *txn, const rag_qu
     const rag_ev_trail *tr = &ev->trail;
     if (ev->version == 0)
         return rag_error_set(RAG_EINVAL, "doc.embedded '%s': version 0", doc);
-    if (ev->vector_count && ev->dim != ix->dim)
+    if (ev->model_gen > ix->model_gen)
+        /* Only an index opened for that generation may take these vectors (the core opens
+         * it so before any consumer runs); retried, the process that re-embeds takes it. */
+        return rag_error_set(RAG_ETRANSIENT,
+                             "doc.embedded '%s'@%llu: vectors of model generation %llu, the "
+                             "index holds generation %llu (reopen the root with the new "
+                             "provider)",
+                             doc, (unsigned long long)ev->version,
+                             (unsigned long long)ev->model_gen,
+                             (unsigned long long)ix->model_gen);
+    /* Vectors of an older model (embedded before a re-embed began): useless against queries
+     * embedded by the new one, so the version is switched to without them (lexical side
+     * only) and doc.indexed asks ingest for its re-embed. */
+    const int stale = ev->model_gen < ix->model_gen;
+    if (ev->flags & RAG_EV_REEMBED)
+        return stale ? RAG_OK : reembed_apply(ix, b, txn, msg, ev);
+    if (ev->vector_count && !stale && ev->dim != ix->dim)
         return rag_error_set(RAG_EINVAL, "doc.embedded '%s'@%llu: dimension %u, index has %u",
                              doc, (unsigned long long)ev->version, ev->dim, ix->dim);
-    for (size_t i = 0; i < ev->vector_count; i++)
+    for (size_t i = 0; i < ev->vector_count && !stale; i++)
         for (unsigned int t = 0; t < ix->dim; t++)
             if (!isfinite(ev->vectors[i].vector[t]))
                 return rag_error_set(RAG_EINVAL,
@@ -424,11 +451,12 @@ static int embedded_apply(rag_index *ix, ix_batch *b, MDB_txn *txn, const rag_qu
         if (rc)
             break;
         fresh[i] = (int64_t)c.next_label++;
-        rc = label_put(ix, txn, fresh[i], doc, ev->version, vec->chunk_no, acl, vec->vector,
-                       &lw);
+        const float *vv = stale ? NULL : vec->vector;
+        rc = label_put(ix, txn, fresh[i], doc, ev->version, vec->chunk_no, acl, vv, &lw);
         if (!rc)
-            rc = rag_index__batch_add(b, fresh[i], di, ev->version, vec->chunk_no, acl,
-                                      vec->vector, lw.data, lw.len);
+            rc = rag_index__batch_add(b, stale ? IX_ADD_LABEL_ONLY : IX_ADD_LABEL_VECTOR,
+                                      fresh[i], di, ev->version, vec->chunk_no, acl, vv,
+                                      lw.data, lw.len);
     }
     rag_index__terms_free(&title);
     rag_index__terms_free(&terms);
@@ -462,14 +490,148 @@ static int embedded_apply(rag_index *ix, ix_batch *b, MDB_txn *txn, const rag_qu
     if (!rc)
         rc = counters_put(ix, txn, &c);
     if (!rc)
-        rc = emit_indexed(ix, txn, msg, RAG_TOPIC_EMBEDDED, tr, doc, ev->version,
-                          RAG_INDEXED_ACTIVE, (uint32_t)n);
+        rc = emit_indexed_flags(ix, txn, msg, RAG_TOPIC_EMBEDDED, tr, doc, ev->version,
+                                RAG_INDEXED_ACTIVE, (uint32_t)n,
+                                stale && n ? RAG_EV_STALE_VECTORS : 0);
     if (!rc)
         rc = rag_index__batch_group(b, c.log_seq, c.epoch, msg->id);
     if (rc && rc != RAG_ETRANSIENT && rc != RAG_EINVAL)
         rc = rag_error_set(RAG_ETRANSIENT, "%s", rag_error_last());
 out:
     free(fresh);
+    rag_index__doc_clear(&d);
+    return rc;
+}
+
+/* Chunk number of a label per its "labels" row; *found 0 when the row is missing. */
+static int label_chunk(rag_index *ix, MDB_txn *txn, int64_t label, uint32_t *chunk, int *found)
+{
+    uint8_t key[8];
+    rag_be64_put(key, (uint64_t)label);
+    MDB_val k = {8, key}, v;
+    *found = 0;
+    int mrc = mdb_get(txn, ix->labels, &k, &v);
+    if (mrc == MDB_NOTFOUND)
+        return RAG_OK;
+    if (mrc)
+        return storage_error(mrc, "read label");
+    rag_rbuf r;
+    rag_rbuf_init(&r, v.mv_data, v.mv_size);
+    rag_rbuf_u64(&r);
+    uint32_t c = rag_rbuf_u32(&r);
+    if (!r.err) {
+        *chunk = c;
+        *found = 1;
+    }
+    return RAG_OK;
+}
+
+static int cmp_vec_chunk(const void *a, const void *b)
+{
+    uint32_t x = (*(const rag_ev_vector *const *)a)->chunk_no;
+    uint32_t y = (*(const rag_ev_vector *const *)b)->chunk_no;
+    return (x > y) - (x < y);
+}
+
+/*
+ * A re-embed of `ev->version` (RAG_EV_REEMBED, of the index's model generation): if that
+ * version is still the active one, give each of its live labels that has no vector yet the
+ * vector of its chunk (a vector-only add, logged like any add so that snapshot recovery
+ * replays it).  Anything else (a newer version became active, the document was deleted,
+ * every label already has its vector: a duplicate) changes nothing.  No doc.indexed answers
+ * it: ingest's saga of the version finished long ago.
+ */
+static int reembed_apply(rag_index *ix, ix_batch *b, MDB_txn *txn, const rag_queue_message *msg,
+                         const rag_ev_embedded *ev)
+{
+    const char *doc = ev->doc_id;
+    if (ev->vector_count && ev->dim != ix->dim)
+        return rag_error_set(RAG_EINVAL, "re-embed of '%s'@%llu: dimension %u, index has %u",
+                             doc, (unsigned long long)ev->version, ev->dim, ix->dim);
+    for (size_t i = 0; i < ev->vector_count; i++)
+        for (unsigned int t = 0; t < ix->dim; t++)
+            if (!isfinite(ev->vectors[i].vector[t]))
+                return rag_error_set(RAG_EINVAL,
+                                     "re-embed of '%s'@%llu: chunk %u has a non-finite value",
+                                     doc, (unsigned long long)ev->version,
+                                     ev->vectors[i].chunk_no);
+    ix_docrec d;
+    int rc = rag_index__doc_get(ix, txn, doc, &d);
+    if (rc || !d.exists || d.active != ev->version || d.n == 0 || ev->vector_count == 0) {
+        rag_index__doc_clear(&d);
+        return rc;
+    }
+    const rag_ev_vector **by_chunk = malloc(ev->vector_count * sizeof *by_chunk);
+    int64_t *adds = malloc(d.n * sizeof *adds);
+    size_t n_add = 0;
+    uint32_t di = 0;
+    if (!by_chunk || !adds)
+        rc = rag_error_set(RAG_ETRANSIENT, "index: out of memory (re-embed)");
+    for (size_t i = 0; i < ev->vector_count && !rc; i++)
+        by_chunk[i] = &ev->vectors[i];
+    if (!rc)
+        qsort(by_chunk, ev->vector_count, sizeof *by_chunk, cmp_vec_chunk);
+    for (size_t i = 0; i < d.n && !rc; i++) {
+        uint8_t key[8];
+        rag_be64_put(key, (uint64_t)d.labels[i]);
+        MDB_val k = {8, key}, v;
+        int mrc = mdb_get(txn, ix->vectors, &k, &v);
+        if (mrc == 0)
+            continue; /* has its vector of this generation already */
+        if (mrc != MDB_NOTFOUND) {
+            rc = storage_error(mrc, "read vector");
+            break;
+        }
+        uint32_t chunk = 0;
+        int found = 0;
+        rc = label_chunk(ix, txn, d.labels[i], &chunk, &found);
+        if (rc || !found)
+            continue; /* a label without its row: rag_fsck reports it */
+        rag_ev_vector probe, *pp = &probe;
+        probe.chunk_no = chunk;
+        const rag_ev_vector **hit =
+            bsearch(&pp, by_chunk, ev->vector_count, sizeof *by_chunk, cmp_vec_chunk);
+        if (!hit)
+            continue;
+        rag_wbuf w;
+        rag_wbuf_init(&w);
+        rag_wbuf_f32s(&w, (*hit)->vector, ix->dim);
+        MDB_val vv = {w.len, w.data};
+        mrc = w.err ? MDB_PANIC : mdb_put(txn, ix->vectors, &k, &vv, 0);
+        rag_wbuf_free(&w);
+        if (mrc) {
+            rc = storage_error(mrc, "write vector");
+            break;
+        }
+        if (n_add == 0)
+            rc = rag_index__batch_doc(b, doc, &di);
+        if (!rc)
+            rc = rag_index__batch_add(b, IX_ADD_VECTOR_ONLY, d.labels[i], di, d.active, chunk,
+                                      d.acl, (*hit)->vector, NULL, 0);
+        if (!rc)
+            adds[n_add++] = d.labels[i];
+    }
+    if (!rc && n_add) {
+        ix_counters c;
+        rc = counters_get(ix, txn, &c);
+        if (!rc) {
+            c.log_seq++;
+            c.epoch++;
+            rc = rag_index__log_put(ix, txn, c.log_seq, msg->id, n_add, adds, 0, NULL);
+        }
+        if (!rc) {
+            d.seq = c.log_seq;
+            rc = rag_index__doc_put(ix, txn, doc, &d);
+        }
+        if (!rc)
+            rc = counters_put(ix, txn, &c);
+        if (!rc)
+            rc = rag_index__batch_group(b, c.log_seq, c.epoch, msg->id);
+    }
+    if (rc && rc != RAG_ETRANSIENT && rc != RAG_EINVAL)
+        rc = rag_error_set(RAG_ETRANSIENT, "%s", rag_error_last());
+    free(by_chunk);
+    free(adds);
     rag_index__doc_clear(&d);
     return rc;
 }
@@ -515,6 +677,11 @@ int rag_index__on_dead_embedded(void *self, MDB_txn *txn, const rag_queue_messag
     memset(&f, 0, sizeof f);
     rag_ev_embedded ev;
     int decoded = rag_ev_embedded_decode(msg->data, msg->size, &ev) == RAG_OK;
+    if (decoded && (ev.flags & RAG_EV_REEMBED)) {
+        /* A re-embed: the version stays active (lexical side); the dead letter reports it. */
+        rag_ev_embedded_clear(&ev);
+        return RAG_OK;
+    }
     if (decoded) {
         f.doc_id = ev.doc_id;
         f.version = ev.version;

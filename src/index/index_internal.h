@@ -220,6 +220,7 @@ typedef struct ix_batch {
     int64_t *add_labels;
     uint64_t *add_version;
     uint32_t *add_chunk, *add_acl, *add_doc; /* add_doc: index into docs */
+    uint8_t *add_kind;                       /* IX_ADD_* */
     float *add_vecs;
     size_t *add_lex_off, *add_lex_len;       /* each add's "lex" row, in lex_buf */
     uint8_t *lex_buf;                        /* append-only; truncated with the adds */
@@ -246,13 +247,22 @@ typedef struct ix_mark {
     size_t n_add, n_docs, n_rm, n_acl, n_groups, lex_len;
 } ix_mark;
 
+/* What an add stages: a new label with its vector (the usual), a new label whose vector is
+ * of an older model generation and is left out (searchable on the lexical side only until
+ * its re-embed), or the vector of a label that is already live (a re-embed arriving). */
+#define IX_ADD_LABEL_VECTOR 0u
+#define IX_ADD_LABEL_ONLY 1u
+#define IX_ADD_VECTOR_ONLY 2u
+
 ix_batch *rag_index__batch_new(unsigned int dim);
 void rag_index__batch_free(ix_batch *b);
 void rag_index__batch_mark(const ix_batch *b, ix_mark *mk);
 void rag_index__batch_truncate(ix_batch *b, const ix_mark *mk);
 /* Copy of a document id for the adds of the current message (one per message). */
 int rag_index__batch_doc(ix_batch *b, const char *doc, uint32_t *idx);
-int rag_index__batch_add(ix_batch *b, int64_t label, uint32_t doc,
+/* `kind` IX_ADD_*: `vec` may be NULL for IX_ADD_LABEL_ONLY; `lex` is ignored for
+ * IX_ADD_VECTOR_ONLY. */
+int rag_index__batch_add(ix_batch *b, unsigned int kind, int64_t label, uint32_t doc,
                          uint64_t version, uint32_t chunk_no, uint32_t acl, const float *vec,
                          const void *lex, size_t lex_len);
 int rag_index__batch_remove(ix_batch *b, int64_t label);
@@ -278,6 +288,7 @@ struct rag_index {
     ix_consumer cons_embedded, cons_deleted, cons_revert;
     rag_vector_backend *backend;
     unsigned int dim;
+    uint64_t model_gen;        /* model generation of the vectors held (meta "model_gen") */
     char snap_path[RAG_PATH_MAX + 64];
 
     pthread_rwlock_t lock;     /* backend + mem + lex: searches read, batch application

@@ -647,6 +647,7 @@ static int handler_result(int rc)
 }
 
 static int on_indexed_apply(void *self, MDB_txn *txn, const rag_queue_message *msg);
+static int emit_reembed(rag_ingest *ig, MDB_txn *txn, const char *doc, const doc_row *d);
 static int on_failed_apply(void *self, MDB_txn *txn, const rag_queue_message *msg);
 
 static int on_indexed(void *self, MDB_txn *txn, const rag_queue_message *msg)
@@ -697,6 +698,10 @@ static int on_indexed_apply(void *self, MDB_txn *txn, const rag_queue_message *m
                              &trail);
         if (!rc)
             rc = saga_gc(ig, txn, ev.doc_id, ev.version, RAG_SAGA_PUT);
+        /* switched to with vectors of the model before a re-embed: send it to be embedded by
+         * the current one (the index keeps it findable on the lexical side meanwhile) */
+        if (!rc && (ev.flags & RAG_EV_STALE_VECTORS) && ev.version == d.active && !d.deleted)
+            rc = emit_reembed(ig, txn, ev.doc_id, &d);
         break;
     case RAG_INDEXED_SUPERSEDED:
         if (ev.version != d.active || (d.deleted && ev.version <= d.deleted_at))
@@ -1323,7 +1328,7 @@ static int store_one(rag_ingest *ig, MDB_txn *parent, const rag_doc *d, prepared
         rc = saga_start(ig, txn, d->id, ver, RAG_SAGA_PUT, now, &trail);
     if (!rc) {
         rag_ev_chunked ev = {d->id, ver, p->title, d->uri ? d->uri : "", d->acl_count,
-                             (const char **)d->acl, p->chunks.count, evc, trail};
+                             (const char **)d->acl, p->chunks.count, evc, trail, 0};
         rag_wbuf_reset(&b);
         rc = rag_ev_chunked_encode(&ev, &b);
         if (!rc)
@@ -1663,9 +1668,10 @@ static int load_chunks(rag_ingest *ig, MDB_txn *txn, const char *doc, uint64_t v
     return RAG_OK;
 }
 
-/* RESUME of a running put: doc.chunked of `ver` again, from what is stored. */
-static int resume_put(rag_ingest *ig, MDB_txn *txn, const char *doc, const doc_row *d,
-                      uint64_t ver, const saga_row *s)
+/* doc.chunked of the stored version `ver` of `doc` (row `d`), with `flags` and `trail`: a
+ * redrive of a running put, or a re-embed (RAG_EV_REEMBED) of the active version. */
+static int emit_stored_chunked(rag_ingest *ig, MDB_txn *txn, const char *doc, const doc_row *d,
+                               uint64_t ver, uint32_t flags, const rag_ev_trail *trail)
 {
     uint8_t key[RAG_KEY_MAX];
     size_t kl = rag_key_doc_version(key, doc, ver);
@@ -1693,30 +1699,155 @@ static int resume_put(rag_ingest *ig, MDB_txn *txn, const char *doc, const doc_r
         evc[i].text_len = ch.items[i].len;
     }
     if (!rc) {
-        uint64_t now = rag_now_ms();
-        saga_row ns = *s;
-        rag_ev_trail_add(&ns.trail, "ingest", "redrive", now, 1, RAG_OK);
-        ns.updated_ms = now;
-        ns.deadline_ms = now + ig->cfg.saga_deadline_ms;
-        rag_ev_chunked ev = {doc, ver, d->title, d->uri, d->acl_count, d->acl, ch.count, evc,
-                             ns.trail};
+        rag_ev_chunked ev;
+        memset(&ev, 0, sizeof ev);
+        ev.doc_id = doc;
+        ev.version = ver;
+        ev.title = d->title;
+        ev.uri = d->uri;
+        ev.acl_count = d->acl_count;
+        ev.acl = d->acl;
+        ev.chunk_count = ch.count;
+        ev.chunks = evc;
+        if (trail)
+            ev.trail = *trail;
+        ev.flags = flags;
         rag_wbuf b;
         rag_wbuf_init(&b);
         rc = rag_ev_chunked_encode(&ev, &b);
         if (!rc)
             rc = rag_outbox_add(ig->outbox, txn, RAG_TOPIC_CHUNKED, b.data, b.len, NULL);
         rag_wbuf_free(&b);
-        if (!rc) {
-            uint8_t skey[RAG_KEY_MAX + 1];
-            size_t skl = saga_key(skey, doc, ver, RAG_SAGA_PUT);
-            rc = saga_write(ig, txn, skey, skl, &ns, ns.state);
-        }
     }
     free(evc);
     free(hashes);
     if (ch.items)
         rag_ingest__chunks_clear(&ch);
     return rc;
+}
+
+/* RESUME of a running put: doc.chunked of `ver` again, from what is stored. */
+static int resume_put(rag_ingest *ig, MDB_txn *txn, const char *doc, const doc_row *d,
+                      uint64_t ver, const saga_row *s)
+{
+    uint64_t now = rag_now_ms();
+    saga_row ns = *s;
+    rag_ev_trail_add(&ns.trail, "ingest", "redrive", now, 1, RAG_OK);
+    ns.updated_ms = now;
+    ns.deadline_ms = now + ig->cfg.saga_deadline_ms;
+    int rc = emit_stored_chunked(ig, txn, doc, d, ver, 0, &ns.trail);
+    if (!rc) {
+        uint8_t skey[RAG_KEY_MAX + 1];
+        size_t skl = saga_key(skey, doc, ver, RAG_SAGA_PUT);
+        rc = saga_write(ig, txn, skey, skl, &ns, ns.state);
+    }
+    return rc;
+}
+
+/* ---- re-embed ------------------------------------------------------------------------- */
+
+/* The re-embed of `doc`'s active version: a doc.chunked flagged RAG_EV_REEMBED, whose trail
+ * starts with an ingest "reembed" hop (no saga: the version stays active throughout). */
+static int emit_reembed(rag_ingest *ig, MDB_txn *txn, const char *doc, const doc_row *d)
+{
+    rag_ev_trail trail;
+    memset(&trail, 0, sizeof trail);
+    rag_ev_trail_add(&trail, "ingest", "reembed", rag_now_ms(), 1, RAG_OK);
+    int rc = emit_stored_chunked(ig, txn, doc, d, d->active, RAG_EV_REEMBED, &trail);
+    if (rc == RAG_ENOTFOUND) {
+        rag_error_clear(); /* freed meanwhile: a newer version took over, nothing to do */
+        rc = RAG_OK;
+    }
+    return rc;
+}
+
+#define REEMBED_CURSOR "reembed_cursor" /* be64 generation, then the last document id sent */
+
+int rag_ingest_reembed_step(rag_ingest *ig, uint64_t gen, size_t max_docs, size_t *sent,
+                            int *done)
+{
+    if (sent)
+        *sent = 0;
+    if (done)
+        *done = 0;
+    if (!ig || !done || max_docs == 0)
+        return rag_error_set(RAG_EINVAL, "rag_ingest_reembed_step: bad argument");
+    MDB_txn *txn;
+    int mrc = mdb_txn_begin(ig->env, NULL, 0, &txn);
+    if (mrc)
+        return rag_mdb_error(mrc, "ingest: begin re-embed txn");
+    if (meta_get(ig, txn, "reembed_gen") >= gen) {
+        mdb_txn_abort(txn);
+        *done = 1;
+        return RAG_OK;
+    }
+    /* Resume after the last document of an interrupted scan of the same generation. */
+    char after[RAG_DOC_ID_MAX + 1] = "";
+    MDB_val ck = {sizeof REEMBED_CURSOR - 1, REEMBED_CURSOR}, cv;
+    if (mdb_get(txn, ig->meta, &ck, &cv) == 0 && cv.mv_size >= 8 &&
+        cv.mv_size - 8 <= RAG_DOC_ID_MAX && rag_be64_get(cv.mv_data) == gen) {
+        memcpy(after, (const char *)cv.mv_data + 8, cv.mv_size - 8);
+        after[cv.mv_size - 8] = 0;
+    }
+    MDB_cursor *cur;
+    mrc = mdb_cursor_open(txn, ig->docs, &cur);
+    if (mrc) {
+        mdb_txn_abort(txn);
+        return rag_mdb_error(mrc, "ingest: re-embed cursor");
+    }
+    int rc = RAG_OK;
+    size_t n = 0;
+    char last[RAG_DOC_ID_MAX + 1] = "";
+    MDB_val k = {strlen(after), after}, v;
+    mrc = after[0] ? mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE)
+                   : mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+    if (mrc == 0 && after[0] && k.mv_size == strlen(after) && !memcmp(k.mv_data, after, k.mv_size))
+        mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+    for (; mrc == 0 && !rc && n < max_docs; mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        if (k.mv_size == 0 || k.mv_size > RAG_DOC_ID_MAX)
+            continue;
+        memcpy(last, k.mv_data, k.mv_size);
+        last[k.mv_size] = 0;
+        n++;
+        doc_row d;
+        rc = doc_row_decode(&v, &d, 1);
+        if (rc)
+            break;
+        if (!d.deleted && d.active)
+            rc = emit_reembed(ig, txn, last, &d);
+        free(d.acl);
+        if (!rc && sent && !d.deleted && d.active)
+            (*sent)++;
+    }
+    if (!rc && mrc && mrc != MDB_NOTFOUND)
+        rc = rag_mdb_error(mrc, "ingest: re-embed scan");
+    mdb_cursor_close(cur);
+    int finished = !rc && mrc == MDB_NOTFOUND;
+    if (!rc && finished) {
+        uint8_t b[8];
+        for (int i = 0; i < 8; i++)
+            b[i] = (uint8_t)(gen >> (8 * i));
+        rc = put(txn, ig->meta, "reembed_gen", sizeof "reembed_gen" - 1, b, 8,
+                 "ingest: write re-embed generation");
+        if (!rc && (mrc = mdb_del(txn, ig->meta, &ck, NULL)) != 0 && mrc != MDB_NOTFOUND)
+            rc = rag_mdb_error(mrc, "ingest: clear re-embed cursor");
+    } else if (!rc) {
+        uint8_t buf[8 + RAG_DOC_ID_MAX];
+        size_t ll = strlen(last);
+        rag_be64_put(buf, gen);
+        memcpy(buf + 8, last, ll);
+        rc = put(txn, ig->meta, REEMBED_CURSOR, sizeof REEMBED_CURSOR - 1, buf, 8 + ll,
+                 "ingest: write re-embed cursor");
+    }
+    if (rc) {
+        mdb_txn_abort(txn);
+        return rc;
+    }
+    mrc = rag_txn_commit(txn);
+    if (mrc)
+        return rag_mdb_error(mrc, "ingest: commit re-embed step");
+    *done = finished;
+    return RAG_OK;
 }
 
 /* REINDEX: the active version's content stored again as a new version. */

@@ -49,8 +49,9 @@ if grep -i -E 'faiss|^_Z' "$tmp/exported" >"$tmp/cxx"; then
 fi
 
 # --- exported set == declared RAG_API set ---------------------------------------------------
+# (RAG_EMBED_CUDA_API: embed_cuda.h needs nothing but the C library, so it has its own macro)
 find "$include_dir" -name '*.h' -exec cat {} + \
-  | grep 'RAG_API' | grep -o 'rag_[A-Za-z0-9_]*[[:space:]]*(' \
+  | grep -E 'RAG_(EMBED_CUDA_)?API[[:space:]]' | grep -o 'rag_[A-Za-z0-9_]*[[:space:]]*(' \
   | sed 's/[[:space:]]*($//' | sort -u >"$tmp/declared"
 echo "RAG_API functions declared in $include_dir: $(wc -l <"$tmp/declared")"
 if comm -23 "$tmp/declared" "$tmp/exported" >"$tmp/missing" && [ -s "$tmp/missing" ]; then

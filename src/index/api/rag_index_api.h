@@ -40,6 +40,9 @@ typedef struct rag_index_stats {
     uint64_t documents; /* documents with an active version */
     uint64_t epoch;
     uint64_t log_seq;   /* last mutation-log sequence */
+    uint64_t without_vector; /* live labels without a vector of the current model (a
+                                re-embed in flight, or one that was dead-lettered) */
+    uint64_t model_gen; /* model generation of the vectors held */
 } rag_index_stats;
 int rag_index_stats_get(rag_index *ix, rag_index_stats *out);
 

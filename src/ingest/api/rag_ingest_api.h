@@ -105,4 +105,12 @@ typedef enum rag_ingest_redrive_mode {
 
 int rag_ingest_redrive(rag_ingest *ig, const char *doc_id, int mode, uint64_t version);
 
+/* Re-embed scan for model generation `gen`: send the active version of up to `max_docs`
+ * documents (in id order, after where the previous step stopped) as doc.chunked flagged
+ * RAG_EV_REEMBED, in one txn that also records the position, so an interrupted scan resumes
+ * where it was.  *done = 1 once every document was sent for `gen` (also when a previous
+ * scan finished it); *sent counts the versions sent by this step. */
+int rag_ingest_reembed_step(rag_ingest *ig, uint64_t gen, size_t max_docs, size_t *sent,
+                            int *done);
+
 #endif
