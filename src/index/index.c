@@ -473,6 +473,16 @@ static int replay_log(rag_index *ix, uint64_t from)
         rc = rag_error_set(RAG_ECORRUPT, "index replay: log ends at %llu, meta says %llu",
                            (unsigned long long)(expect - 1),
                            (unsigned long long)ix->applied_seq);
+    /* A label can be listed as added twice: switched to without a vector (its version was
+     * embedded by an older model) and given its vector by the re-embed.  Add it once. */
+    if (!rc && n_add > 1) {
+        qsort(adds, n_add, sizeof *adds, cmp_i64);
+        size_t u = 1;
+        for (size_t i = 1; i < n_add; i++)
+            if (adds[i] != adds[u - 1])
+                adds[u++] = adds[i];
+        n_add = u;
+    }
     if (!rc)
         rc = backend_remove(ix, n_rm, rms);
     float *vecs = NULL;

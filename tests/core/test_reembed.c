@@ -14,6 +14,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "core_internal.h"
 #include "rag_events.h"
@@ -268,6 +270,64 @@ static void test_old_vectors_in_flight(void **state)
     rag_close(ctx);
 }
 
+/*
+ * Recovery from a snapshot taken while a re-embed was pending: the log after it lists the
+ * labels of a version switched to without vectors and, later, the same labels given their
+ * vectors.  A process that dies without closing leaves both entries to replay; each label
+ * must reach the vector index once.
+ */
+static void test_replay_after_crash(void **state)
+{
+    fixture *f = *state;
+    build_root(f->root, 64);
+    rag_ctx *ctx = NULL;
+    assert_int_equal(open_with(f->root, 64, 0, NULL, &ctx), RAG_OK);
+    put_all(ctx, " Second edition.");
+    size_t moved = 0, processed = 0;
+    assert_int_equal(rag_outbox_relay(rag_ingest_outbox(ctx->ingest), &ctx->transport, 0, &moved),
+                     RAG_OK);
+    do {
+        assert_int_equal(rag_consumer_run_once(rag_embed_consumer(ctx->embed), &ctx->transport,
+                                               &ctx->policy, &processed),
+                         RAG_OK);
+    } while (processed);
+    rag_close(ctx);
+    /* the re-embed starts; the close writes a snapshot before any of it is applied */
+    assert_int_equal(open_with(f->root, 72, 1, NULL, &ctx), RAG_OK);
+    rag_close(ctx);
+
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        rag_ctx *c = NULL;
+        if (open_with(f->root, 72, 0, NULL, &c) != RAG_OK || rag_drain(c, 20000) != RAG_OK)
+            _exit(1);
+        _exit(0); /* no rag_close: no snapshot, the log holds everything since */
+    }
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+
+    assert_int_equal(open_with(f->root, 72, 0, NULL, &ctx), RAG_OK);
+    rag_status_info st = status_of(ctx);
+    assert_int_equal(st.reembed_pending, 0);
+    rag_query q = RAG_QUERY_INIT;
+    q.text = "topic3 lighthouse3";
+    q.k = 4 * N_DOCS;
+    q.unrestricted = 1;
+    q.mode = RAG_MODE_VECTOR;
+    rag_results *r = NULL;
+    assert_int_equal(rag_search(ctx, &q, &r), RAG_OK);
+    assert_int_equal(r->count, st.vectors); /* every chunk once, none twice */
+    for (size_t i = 0; i < r->count; i++)
+        for (size_t j = i + 1; j < r->count; j++)
+            assert_false(!strcmp(r->items[i].doc_id, r->items[j].doc_id) &&
+                         r->items[i].chunk == r->items[j].chunk);
+    rag_results_free(r);
+    assert_fsck_clean(ctx);
+    rag_close(ctx);
+}
+
 static void test_reembed_rejected_texts(void **state)
 {
     fixture *f = *state;
@@ -312,6 +372,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_reembed_new_dimension, setup, teardown),
         cmocka_unit_test_setup_teardown(test_interrupted_reembed_resumes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_old_vectors_in_flight, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_replay_after_crash, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reembed_rejected_texts, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
