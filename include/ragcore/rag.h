@@ -27,7 +27,20 @@ extern "C" {
 /** Opaque handle on one root directory. */
 typedef struct rag_ctx rag_ctx;
 
-#define RAG_OPTIONS_VERSION 4u
+#define RAG_OPTIONS_VERSION 5u
+
+/** @name Modules a handle hosts (rag_options::modules)
+ * A process may host a subset of the pipeline when the modules talk through a shared
+ * transport (NATS JetStream, ragcore/transports.h): typically one primary with ingest, index
+ * and retrieve, and embed workers elsewhere.  Ingest and index go together (fsck, session
+ * reads and retrieve read both in-process); retrieve needs them both; embed may stand alone.
+ * @{ */
+#define RAG_HOST_INGEST 0x1u
+#define RAG_HOST_EMBED 0x2u
+#define RAG_HOST_INDEX 0x4u
+#define RAG_HOST_RETRIEVE 0x8u
+#define RAG_HOST_ALL (RAG_HOST_INGEST | RAG_HOST_EMBED | RAG_HOST_INDEX | RAG_HOST_RETRIEVE)
+/** @} */
 
 /** Longest document id in bytes (excluding NUL). */
 #define RAG_DOC_ID_MAX 256
@@ -83,9 +96,15 @@ typedef struct rag_options {
      *  counts the chunks still without a vector.  Interrupted re-embeds resume at the next
      *  rag_open().  No effect when the fingerprint matches [0]. */
     int reembed;
+    /* ---- version 5 ---- */
+    /** Modules this handle opens and runs (RAG_HOST_* bits) [0: RAG_HOST_ALL].  Calls that
+     *  need a module the handle does not host fail with ::RAG_ESTATE (rag_doc_put without
+     *  ingest, rag_search without retrieve, ...); rag_drain() waits for the whole pipeline,
+     *  wherever its other modules run. */
+    unsigned int modules;
 } rag_options;
 
-#define RAG_OPTIONS_INIT {RAG_OPTIONS_VERSION, NULL, NULL, 0u, NULL, 0, 0, 0, 0, 0, 0, 0u, 0u, 0u, 0u, 0u, 0, NULL, 0u, 0u, 0.0f, 0.0f, 0.0f, 0}
+#define RAG_OPTIONS_INIT {RAG_OPTIONS_VERSION, NULL, NULL, 0u, NULL, 0, 0, 0, 0, 0, 0, 0u, 0u, 0u, 0u, 0u, 0, NULL, 0u, 0u, 0.0f, 0.0f, 0.0f, 0, 0u}
 
 /**
  * Fill `opts` with defaults.

@@ -11,5 +11,6 @@
 #include "ragcore/sys/queue_transport.h"
 #include "ragcore/rag.h"
 #include "ragcore/providers.h"
+#include "ragcore/transports.h"
 
 #endif /* RAGCORE_RAGCORE_H */

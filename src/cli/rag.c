@@ -60,6 +60,8 @@ typedef struct cli {
     int k_set;    /* -k given (eval's default depth differs from search's) */
     int mode_all; /* --mode all: eval every mode */
     /* embedding provider (global options) */
+    const char *transport; /* NULL/"lmdb": embedded broker; "nats://..."/"tls://...": NATS */
+    rag_queue_nats_options nats;
     const char *provider; /* "cpu" (default), "cuda", "remote" */
     unsigned int dim;     /* cpu/cuda: hash dimension */
     rag_embed_remote_options remote;
@@ -73,6 +75,35 @@ static double now_s(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* "embed,ingest,..." -> RAG_HOST_* bits. */
+static int parse_modules(const char *list, unsigned int *out)
+{
+    unsigned int m = 0;
+    const char *p = list;
+    while (*p) {
+        size_t n = strcspn(p, ",");
+        if (n == 6 && !strncmp(p, "ingest", n))
+            m |= RAG_HOST_INGEST;
+        else if (n == 5 && !strncmp(p, "embed", n))
+            m |= RAG_HOST_EMBED;
+        else if (n == 5 && !strncmp(p, "index", n))
+            m |= RAG_HOST_INDEX;
+        else if (n == 8 && !strncmp(p, "retrieve", n))
+            m |= RAG_HOST_RETRIEVE;
+        else if (n == 3 && !strncmp(p, "all", n))
+            m |= RAG_HOST_ALL;
+        else
+            return -1;
+        p += n;
+        if (*p == ',')
+            p++;
+    }
+    if (!m)
+        return -1;
+    *out = m;
+    return 0;
 }
 
 static int fail(int code, const char *what)
@@ -89,6 +120,9 @@ static int usage(void)
 {
     fputs("usage: rag [--root DIR] [--no-sync] [--hybrid-weight W] [--bm25-k1 K] [--bm25-b B]\n"
           "           [--provider cpu|cuda|remote] [--dim N] [--reembed]\n"
+          "           [--transport lmdb|nats://HOST:PORT[,nats://...]] [--transport-creds FILE]\n"
+          "           [--transport-ca FILE] [--transport-cert FILE --transport-key FILE]\n"
+          "           [--transport-prefix NAME] [--modules ingest,embed,index,retrieve]\n"
           "           [--remote-url URL --remote-model M --remote-dim N [--remote-key-env VAR]\n"
           "            [--remote-batch N]]\n"
           "           COMMAND [ARGS]\n"
@@ -105,6 +139,8 @@ static int usage(void)
           "  trace ID [--json]\n"
           "  eval --docs D.jsonl --queries Q.jsonl --qrels R.tsv [--mode M|all] [-k N] [--json]\n"
           "       (ingests D unless stored, reports nDCG@10 and recall@N, N default 100)\n"
+          "  serve                                  run the --modules of this process until\n"
+          "                                         SIGINT/SIGTERM (e.g. --modules embed)\n"
           "  --version\n"
           "The provider must be the one the root was built with (its fingerprint is recorded);\n"
           "--reembed re-embeds every document with the given provider instead of refusing.\n"
@@ -199,11 +235,49 @@ static int open_ctx(cli *c)
     if (prc)
         return prc;
     c->opts.provider = have ? &p : NULL; /* copied by rag_open, which owns its state */
+    rag_queue_transport t;
+    if (c->transport && strcmp(c->transport, "lmdb")) {
+        if (strncmp(c->transport, "nats://", 7) && strncmp(c->transport, "tls://", 6)) {
+            if (have && p.free)
+                p.free(p.state);
+            fprintf(stderr, "rag: --transport %s: expected lmdb, nats://HOST:PORT or "
+                            "tls://HOST:PORT\n", c->transport);
+            return 2;
+        }
+        c->nats.urls = c->transport;
+        int trc = rag_queue_nats_new(&t, &c->nats);
+        if (trc) {
+            if (have && p.free)
+                p.free(p.state);
+            return fail(trc, "transport");
+        }
+        c->opts.transport = &t; /* copied by rag_open, which owns its state */
+    }
     int rc = rag_open(&c->ctx, c->root, &c->opts);
     c->opts.provider = NULL;
+    c->opts.transport = NULL;
     if (rc)
         return fail(rc, "open");
     return 0;
+}
+
+/* `serve`: run this process's modules until SIGINT or SIGTERM. */
+static int cmd_serve(cli *c)
+{
+    int rc = rag_start(c->ctx);
+    if (rc)
+        return fail(rc, "start");
+    unsigned int m = c->opts.modules ? c->opts.modules : RAG_HOST_ALL;
+    fprintf(stderr, "rag: serving%s%s%s%s on %s (root %s); SIGINT or SIGTERM stops\n",
+            m & RAG_HOST_INGEST ? " ingest" : "", m & RAG_HOST_EMBED ? " embed" : "",
+            m & RAG_HOST_INDEX ? " index" : "", m & RAG_HOST_RETRIEVE ? " retrieve" : "",
+            c->transport ? c->transport : "lmdb", c->root);
+    while (!interrupted) {
+        struct timespec ts = {0, 100 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    rc = rag_stop(c->ctx);
+    return rc ? fail(rc, "stop") : 0;
 }
 
 /* After a change: wait until it is searchable, unless --no-wait. */
@@ -783,7 +857,8 @@ static int cmd_status(cli *c)
                ? 100.0 * (double)st.cache_hits / (double)(st.cache_hits + st.cache_misses)
                : 0.0);
     printf("provider      %s (model generation %llu",
-           st.provider_fingerprint, (unsigned long long)st.model_generation);
+           *st.provider_fingerprint ? st.provider_fingerprint : "in the embed workers",
+           (unsigned long long)st.model_generation);
     if (st.reembed_pending)
         printf("; re-embed: %llu chunks still without a vector", (unsigned long long)st.reembed_pending);
     puts(")");
@@ -1443,6 +1518,8 @@ int main(int argc, char **argv)
     c.budget = 2048;
     rag_embed_remote_options ro = RAG_EMBED_REMOTE_OPTIONS_INIT;
     c.remote = ro;
+    rag_queue_nats_options no = RAG_QUEUE_NATS_OPTIONS_INIT;
+    c.nats = no;
     setvbuf(stdout, NULL, _IOLBF, 0);
 
     /* Options may appear anywhere; the first non-option word is the command. */
@@ -1476,6 +1553,32 @@ int main(int argc, char **argv)
             c.opts.no_sync = 1;
         } else if (!strcmp(a, "--reembed")) {
             c.opts.reembed = 1;
+        } else if (!strcmp(a, "--transport")) {
+            NEED_ARG();
+            c.transport = next;
+        } else if (!strcmp(a, "--transport-creds")) {
+            NEED_ARG();
+            c.nats.creds_file = next;
+        } else if (!strcmp(a, "--transport-ca")) {
+            NEED_ARG();
+            c.nats.tls_ca_file = next;
+        } else if (!strcmp(a, "--transport-cert")) {
+            NEED_ARG();
+            c.nats.tls_cert_file = next;
+        } else if (!strcmp(a, "--transport-key")) {
+            NEED_ARG();
+            c.nats.tls_key_file = next;
+        } else if (!strcmp(a, "--transport-prefix")) {
+            NEED_ARG();
+            c.nats.prefix = next;
+        } else if (!strcmp(a, "--modules")) {
+            NEED_ARG();
+            if (parse_modules(next, &c.opts.modules)) {
+                fprintf(stderr, "rag: --modules is a comma-separated list of ingest, embed, "
+                                "index, retrieve (or all)\n");
+                free(args);
+                return 2;
+            }
         } else if (!strcmp(a, "--provider")) {
             NEED_ARG();
             c.provider = next;
@@ -1629,7 +1732,7 @@ int main(int argc, char **argv)
     int known = !strcmp(cmd, "ingest") || !strcmp(cmd, "put") || !strcmp(cmd, "delete") ||
                 !strcmp(cmd, "search") || !strcmp(cmd, "ask") || !strcmp(cmd, "status") ||
                 !strcmp(cmd, "drain") || !strcmp(cmd, "dlq") || !strcmp(cmd, "fsck") ||
-                !strcmp(cmd, "trace") || !strcmp(cmd, "eval");
+                !strcmp(cmd, "trace") || !strcmp(cmd, "eval") || !strcmp(cmd, "serve");
     if (!known) {
         fprintf(stderr, "rag: unknown command %s\n", cmd);
         free(args);
@@ -1685,6 +1788,8 @@ int main(int argc, char **argv)
         rc = cmd_trace(&c, nargs, args);
     } else if (!strcmp(cmd, "eval")) {
         rc = cmd_eval(&c, nargs);
+    } else if (!strcmp(cmd, "serve")) {
+        rc = cmd_serve(&c);
     }
     rag_close(c.ctx);
     free(c.acl_buf);

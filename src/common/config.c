@@ -57,6 +57,8 @@ int rag_config_init(rag_config *cfg, const char *root, const rag_options *opts)
     }
     /* version-4 fields */
     cfg->reembed = opts->version >= 4 && opts->reembed;
+    /* version-5 fields */
+    cfg->modules = opts->version >= 5 && opts->modules ? opts->modules : RAG_HOST_ALL;
 #undef DEF
     if (cfg->embed_dim < 8 || cfg->embed_dim > 4096)
         return rag_error_set(RAG_EINVAL, "embed_dim %u outside 8..4096", cfg->embed_dim);
@@ -73,6 +75,18 @@ int rag_config_init(rag_config *cfg, const char *root, const rag_options *opts)
         !(cfg->hybrid_lexical_weight >= 0 && cfg->hybrid_lexical_weight <= 1))
         return rag_error_set(RAG_EINVAL, "bm25_k1 must be in (0, 10], bm25_b and "
                                          "hybrid_lexical_weight in [0, 1]");
+    if (cfg->modules & ~RAG_HOST_ALL)
+        return rag_error_set(RAG_EINVAL, "modules 0x%x: unknown RAG_HOST_* bits", cfg->modules);
+    /* ingest and index go together: retrieve reads both in-process, fsck and session reads
+     * compare them; only embed runs anywhere */
+    {
+        unsigned int m = cfg->modules;
+        int in = !!(m & RAG_HOST_INGEST), ix = !!(m & RAG_HOST_INDEX);
+        if (in != ix || ((m & RAG_HOST_RETRIEVE) && !in))
+            return rag_error_set(RAG_EINVAL,
+                                 "modules: ingest and index must run in the same process, "
+                                 "and retrieve with them (embed may run alone)");
+    }
     return RAG_OK;
 }
 

@@ -49,6 +49,9 @@ typedef struct rag_config {
     int reembed;                    /* rag_options v4: re-embed on a provider change */
     uint64_t model_gen;             /* set by the core from the embed module before the
                                        index opens: the model generation of its vectors */
+    int model_gen_unknown;          /* 1: no embed module in this process; the index keeps
+                                       the generation it recorded */
+    unsigned int modules;           /* rag_options v5: RAG_HOST_* bits hosted */
 } rag_config;
 
 /* Resolve defaults and validate. `opts` may be NULL. */

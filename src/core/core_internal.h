@@ -64,6 +64,9 @@ typedef struct rag_session {
     uint64_t writes_since_prune;
 } rag_session;
 
+/* RAG_ESTATE for a call that needs a module this handle does not host. */
+int rag_core__hosted_error(const char *call, const char *module);
+
 struct rag_ctx {
     rag_config cfg;
     int lock_fd;

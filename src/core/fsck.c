@@ -396,6 +396,8 @@ int rag_fsck(rag_ctx *ctx, unsigned int flags, uint32_t timeout_ms, rag_fsck_rep
     if (flags & ~RAG_FSCK_REPAIR)
         return rag_error_set(RAG_EINVAL, "rag_fsck: unknown flags 0x%x", flags);
     *out = NULL;
+    if (!ctx->ingest || !ctx->index)
+        return rag_core__hosted_error("rag_fsck", "ingest and index");
     rag_fsck_report *rep = calloc(1, sizeof *rep);
     if (!rep)
         return rag_error_set(RAG_ENOMEM, "fsck: out of memory");
@@ -511,6 +513,8 @@ int rag_trace(rag_ctx *ctx, const char *doc_id, rag_trace_info **out)
     if (!ctx || !doc_id || !out)
         return rag_error_set(RAG_EINVAL, "rag_trace: ctx, doc_id and out are required");
     *out = NULL;
+    if (!ctx->ingest)
+        return rag_core__hosted_error("rag_trace", "ingest");
     rag_trace_info *t = calloc(1, sizeof *t);
     if (!t)
         return rag_error_set(RAG_ENOMEM, "trace: out of memory");

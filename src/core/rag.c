@@ -335,6 +335,14 @@ static int session_wait(rag_ctx *ctx, uint32_t timeout_ms)
 
 /* ---- open / close ------------------------------------------------------------------------ */
 
+int rag_core__hosted_error(const char *call, const char *module)
+{
+    return rag_error_set(RAG_ESTATE,
+                         "%s needs the %s module, which this handle does not host "
+                         "(rag_options.modules)",
+                         call, module);
+}
+
 static void add_consumer(rag_ctx *ctx, rag_consumer *c)
 {
     if (c && ctx->consumer_count < RAG_MAX_CONSUMERS)
@@ -381,47 +389,71 @@ static int reembed_scan(rag_ctx *ctx)
 
 static int open_modules(rag_ctx *ctx)
 {
-    int rc = rag_ingest_open(&ctx->ingest, &ctx->cfg);
-    if (rc)
+    const unsigned int m = ctx->cfg.modules;
+    int rc;
+    if ((m & RAG_HOST_INGEST) && (rc = rag_ingest_open(&ctx->ingest, &ctx->cfg)) != RAG_OK)
         return rc;
-    rc = rag_embed_open(&ctx->embed, &ctx->cfg, &ctx->provider);
-    if (rc)
-        return rc;
-    /* The embed module owns the record of the provider; a re-embed has just advanced its
-     * model generation, and the index drops the older generation's vectors as it opens. */
-    ctx->cfg.model_gen = rag_embed_model_gen(ctx->embed);
-    rag_vector_backend *backend = NULL;
-    rc = rag_vector_backend_faiss_new(&backend, ctx->provider.dim, ctx->cfg.index_factory);
-    if (rc)
-        return rc;
-    rc = rag_index_open(&ctx->index, &ctx->cfg, backend);
-    if (rc)
-        return rc;
-    rc = rag_retrieve_open(&ctx->retrieve, &ctx->cfg, &ctx->provider,
-                           rag_ingest_reader_get(ctx->ingest), rag_index_reader_get(ctx->index));
-    if (rc)
-        return rc;
+    if (m & RAG_HOST_EMBED) {
+        rc = rag_embed_open(&ctx->embed, &ctx->cfg, &ctx->provider);
+        if (rc)
+            return rc;
+        /* The embed module owns the record of the provider; a re-embed has just advanced its
+         * model generation, and the index drops the older generation's vectors as it opens. */
+        ctx->cfg.model_gen = rag_embed_model_gen(ctx->embed);
+    } else {
+        ctx->cfg.model_gen_unknown = 1; /* embed runs elsewhere: the index keeps its record */
+    }
+    if (m & RAG_HOST_INDEX) {
+        rag_vector_backend *backend = NULL;
+        rc = rag_vector_backend_faiss_new(&backend, ctx->provider.dim, ctx->cfg.index_factory);
+        if (rc)
+            return rc;
+        rc = rag_index_open(&ctx->index, &ctx->cfg, backend);
+        if (rc)
+            return rc;
+    }
+    if (m & RAG_HOST_RETRIEVE) {
+        rc = rag_retrieve_open(&ctx->retrieve, &ctx->cfg, &ctx->provider,
+                               rag_ingest_reader_get(ctx->ingest),
+                               rag_index_reader_get(ctx->index));
+        if (rc)
+            return rc;
+    }
     rc = rag_assembler_open(&ctx->assembler, &ctx->cfg);
     if (rc)
         return rc;
 
-    add_consumer(ctx, rag_embed_consumer(ctx->embed));
-    add_consumer(ctx, rag_index_consumer_embedded(ctx->index));
-    add_consumer(ctx, rag_index_consumer_deleted(ctx->index));
-    add_consumer(ctx, rag_index_consumer_revert(ctx->index));
-    add_consumer(ctx, rag_ingest_consumer(ctx->ingest));
-    add_consumer(ctx, rag_ingest_consumer_failed(ctx->ingest));
+    if (ctx->embed)
+        add_consumer(ctx, rag_embed_consumer(ctx->embed));
+    if (ctx->index) {
+        add_consumer(ctx, rag_index_consumer_embedded(ctx->index));
+        add_consumer(ctx, rag_index_consumer_deleted(ctx->index));
+        add_consumer(ctx, rag_index_consumer_revert(ctx->index));
+    }
+    if (ctx->ingest) {
+        add_consumer(ctx, rag_ingest_consumer(ctx->ingest));
+        add_consumer(ctx, rag_ingest_consumer_failed(ctx->ingest));
+    }
     for (size_t i = 0; i < ctx->consumer_count; i++) {
         rc = rag_consumer_init(ctx->consumers[i]);
         if (rc)
             return rc;
     }
-    ctx->outboxes[ctx->outbox_count++] = rag_ingest_outbox(ctx->ingest);
-    ctx->outboxes[ctx->outbox_count++] = rag_embed_outbox(ctx->embed);
-    ctx->outboxes[ctx->outbox_count++] = rag_index_outbox(ctx->index);
-    /* Rows a crashed process committed but never relayed go out now. */
+    if (ctx->ingest)
+        ctx->outboxes[ctx->outbox_count++] = rag_ingest_outbox(ctx->ingest);
+    if (ctx->embed)
+        ctx->outboxes[ctx->outbox_count++] = rag_embed_outbox(ctx->embed);
+    if (ctx->index)
+        ctx->outboxes[ctx->outbox_count++] = rag_index_outbox(ctx->index);
+    /* Rows a crashed process committed but never relayed go out now.  A transport that is
+     * unreachable right now (a broker outage) is not fatal: the rows wait in the outboxes and
+     * the workers relay them once it is back. */
     rc = relay_all(ctx);
-    if (rc)
+    if (rc == RAG_ETRANSIENT) {
+        rag_error_clear();
+        rc = RAG_OK;
+    }
+    if (rc || !ctx->ingest)
         return rc;
     return reembed_scan(ctx);
 }
@@ -451,7 +483,10 @@ int rag_open(rag_ctx **out, const char *root, const rag_options *opts)
         ctx->have_provider = 1;
     }
     if (opts && opts->version >= 1 && opts->transport) {
-        ctx->transport = *opts->transport;
+        unsigned int tv = opts->transport->version;
+        memcpy(&ctx->transport, opts->transport,
+               tv >= 1 && tv <= RAG_QUEUE_TRANSPORT_VERSION ? RAG_QUEUE_TRANSPORT_SIZE(tv)
+                                                            : RAG_QUEUE_TRANSPORT_SIZE(1));
         ctx->have_transport = 1;
     }
 
@@ -636,6 +671,10 @@ int rag_stop(rag_ctx *ctx)
     return RAG_OK;
 }
 
+static const char *const pipeline_topics[] = {RAG_TOPIC_CHUNKED, RAG_TOPIC_EMBEDDED,
+                                               RAG_TOPIC_DELETED, RAG_TOPIC_REVERT,
+                                               RAG_TOPIC_INDEXED, RAG_TOPIC_FAILED};
+
 /* Work left anywhere: outbox rows not yet relayed, or messages in any topic. */
 static int pending_work(rag_ctx *ctx, uint64_t *total)
 {
@@ -647,11 +686,18 @@ static int pending_work(rag_ctx *ctx, uint64_t *total)
             return rc;
         sum += n;
     }
-    for (size_t i = 0; i < ctx->consumer_count; i++) {
+    /* Every topic of the pipeline, hosted here or not: with modules in other processes
+     * (an embed worker elsewhere), "drained" still means the whole pipeline is quiet. */
+    for (size_t i = 0; i < sizeof pipeline_topics / sizeof pipeline_topics[0]; i++) {
         uint64_t n = 0;
-        int rc = rag_queue_total_depth(&ctx->transport, ctx->consumers[i]->topic, &n);
-        if (rc)
+        int rc = rag_queue_total_depth(&ctx->transport, pipeline_topics[i], &n);
+        if (rc == RAG_ETRANSIENT) {
+            /* the broker is unreachable right now: its queues are unknown, so not empty */
+            rag_error_clear();
+            n = 1;
+        } else if (rc) {
             return rc;
+        }
         sum += n;
     }
     *total = sum;
@@ -705,6 +751,8 @@ int rag_doc_put_batch(rag_ctx *ctx, const rag_doc *docs, size_t n, rag_put_resul
     rag_error_clear();
     if (!ctx || (!docs && n) || !results)
         return rag_error_set(RAG_EINVAL, "ctx, docs and results are required");
+    if (!ctx->ingest)
+        return rag_core__hosted_error("rag_doc_put", "ingest");
     if (n == 0)
         return RAG_OK;
     int rc = rag_ingest_put_batch(ctx->ingest, docs, n, results);
@@ -755,6 +803,8 @@ int rag_doc_delete(rag_ctx *ctx, const char *doc_id)
     rag_error_clear();
     if (!ctx)
         return rag_error_set(RAG_EINVAL, "ctx is NULL");
+    if (!ctx->ingest)
+        return rag_core__hosted_error("rag_doc_delete", "ingest");
     int rc = rag_doc_id_check(doc_id);
     if (rc)
         return rc;
@@ -797,6 +847,8 @@ int rag_search(rag_ctx *ctx, const rag_query *query, rag_results **out)
                 return rc;
         }
     }
+    if (!ctx->retrieve)
+        return rag_core__hosted_error("rag_search", "retrieve");
     return rag_retrieve_search(ctx->retrieve, query, out);
 }
 
@@ -842,12 +894,15 @@ int rag_status(rag_ctx *ctx, rag_status_info *out)
     memset(out, 0, size);
     out->version = version;
 
+    /* Only the modules this handle hosts are counted (the others report in their process). */
     rag_ingest_stats is;
-    int rc = rag_ingest_stats_get(ctx->ingest, &is);
+    rag_index_stats xs;
+    memset(&is, 0, sizeof is);
+    memset(&xs, 0, sizeof xs);
+    int rc = ctx->ingest ? rag_ingest_stats_get(ctx->ingest, &is) : RAG_OK;
     if (rc)
         return rc;
-    rag_index_stats xs;
-    rc = rag_index_stats_get(ctx->index, &xs);
+    rc = ctx->index ? rag_index_stats_get(ctx->index, &xs) : RAG_OK;
     if (rc)
         return rc;
     out->documents = is.documents;
@@ -860,10 +915,10 @@ int rag_status(rag_ctx *ctx, rag_status_info *out)
         out->sagas_compensating = is.sagas_compensating;
         out->sagas_failed = is.sagas_failed;
     }
-    if (version >= 3)
+    if (version >= 3 && ctx->retrieve)
         rag_retrieve_stats_get(ctx->retrieve, &out->cache_hits, &out->cache_misses);
     if (version >= 4) {
-        out->model_generation = xs.model_gen;
+        out->model_generation = ctx->index ? xs.model_gen : rag_embed_model_gen(ctx->embed);
         out->reembed_pending = xs.without_vector;
         snprintf(out->provider_fingerprint, sizeof out->provider_fingerprint, "%s",
                  rag_embed_fingerprint(ctx->embed));
@@ -879,11 +934,20 @@ int rag_status(rag_ctx *ctx, rag_status_info *out)
             seen |= ctx->consumers[j]->env == ctx->consumers[i]->env;
         if (!seen)
             out->dead_letters += dead;
+    }
+    /* Every topic of the pipeline, consumed here or in another process.  An unreachable
+     * broker is reported by the outbox backlog, not as a failure of rag_status. */
+    for (size_t i = 0; i < sizeof pipeline_topics / sizeof pipeline_topics[0]; i++) {
         rag_queue_depth d;
-        rc = ctx->transport.depth(ctx->transport.state, ctx->consumers[i]->topic, &d);
+        memset(&d, 0, sizeof d);
+        rc = ctx->transport.depth(ctx->transport.state, pipeline_topics[i], &d);
+        if (rc == RAG_ETRANSIENT) {
+            rag_error_clear();
+            continue;
+        }
         if (rc)
             return rc;
-        status_queue(out, ctx->consumers[i]->topic, d.ready, d.delayed, d.inflight);
+        status_queue(out, pipeline_topics[i], d.ready, d.delayed, d.inflight);
     }
     for (size_t i = 0; i < ctx->outbox_count; i++) {
         uint64_t n = 0;

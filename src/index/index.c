@@ -694,19 +694,22 @@ int rag_index_open(rag_index **out, const rag_config *cfg, rag_vector_backend *b
         rc = rag_error_set(RAG_EVERSION, "index: on-disk format %llu not supported",
                            (unsigned long long)format);
     }
-    if (!rc && gen > cfg->model_gen)
+    /* Without an embed module in this process (it runs elsewhere) the recorded generation
+     * stands. */
+    const uint64_t want_gen = cfg->model_gen_unknown ? gen : cfg->model_gen;
+    if (!rc && gen > want_gen)
         rc = rag_error_set(RAG_EFINGERPRINT,
                            "index: holds vectors of model generation %llu but the embed "
                            "module is at %llu",
-                           (unsigned long long)gen, (unsigned long long)cfg->model_gen);
-    if (!rc && gen < cfg->model_gen) {
+                           (unsigned long long)gen, (unsigned long long)want_gen);
+    if (!rc && gen < want_gen) {
         int mrc = mdb_drop(txn, ix->vectors, 0);
         if (mrc)
             rc = rag_mdb_error(mrc, "index open: drop the old model's vectors");
         if (!rc)
             rc = rag_index__meta_put(txn, ix->meta, "dim", ix->dim);
         if (!rc)
-            rc = rag_index__meta_put(txn, ix->meta, "model_gen", cfg->model_gen);
+            rc = rag_index__meta_put(txn, ix->meta, "model_gen", want_gen);
         /* the snapshot file holds the old vectors: never load it again */
         if (!rc)
             rc = rag_index__meta_put(txn, ix->meta, "snapshot_seq", IX_SNAPSHOT_INVALID);
@@ -718,7 +721,7 @@ int rag_index_open(rag_index **out, const rag_config *cfg, rag_vector_backend *b
         if (!rc)
             rc = rag_index__meta_put(txn, ix->meta, "epoch", epoch + 1);
         dim = ix->dim;
-        gen = cfg->model_gen;
+        gen = want_gen;
     }
     ix->model_gen = gen;
     if (!rc && dim != ix->dim)

@@ -21,7 +21,8 @@
 #include "rag_queue.h"
 #include "rag_queue_internal.h"
 
-enum { OUT_ACK = 1, OUT_NAK = 2 };
+/* OUT_DEAD: acknowledged as dead-lettered (the transport's `term` where it has one). */
+enum { OUT_ACK = 1, OUT_NAK = 2, OUT_DEAD = 3 };
 
 static const char inbox_name[] = "__inbox", dead_name[] = "__dead";
 
@@ -85,8 +86,8 @@ static int dead_letter(rag_consumer *c, MDB_txn *parent, const rag_queue_message
     return mrc ? rag_mdb_error(mrc, "consumer: dead-letter commit") : RAG_OK;
 }
 
-/* Outcome of one message inside the batch txn: OUT_ACK (applied, duplicate or dead) or
- * OUT_NAK (retry later).  A nonzero return is fatal for the whole batch. */
+/* Outcome of one message inside the batch txn: OUT_ACK (applied or duplicate), OUT_DEAD
+ * (dead-lettered) or OUT_NAK (retry later).  A nonzero return is fatal for the whole batch. */
 static int process_one(rag_consumer *c, MDB_txn *batch, const rag_queue_policy *p,
                        const rag_queue_message *m, int *outcome)
 {
@@ -106,7 +107,7 @@ static int process_one(rag_consumer *c, MDB_txn *batch, const rag_queue_policy *
         snprintf(reason, sizeof reason, "delivered %u times without an outcome (limit %u)",
                  m->attempts, p->max_attempts);
         int drc = dead_letter(c, batch, m, RAG_ETRANSIENT, reason);
-        *outcome = drc ? OUT_NAK : OUT_ACK;
+        *outcome = drc ? OUT_NAK : OUT_DEAD;
         return RAG_OK;
     }
 
@@ -148,7 +149,7 @@ static int process_one(rag_consumer *c, MDB_txn *batch, const rag_queue_policy *
     int drc = dead_letter(c, batch, m, hrc, reason);
     /* If the dead letter itself cannot be written (or on_dead failed), keep the message:
      * it comes back after a backoff and is dead-lettered then. */
-    *outcome = drc ? OUT_NAK : OUT_ACK;
+    *outcome = drc ? OUT_NAK : OUT_DEAD;
     return RAG_OK;
 }
 
@@ -191,8 +192,17 @@ int rag_consumer_run_once(rag_consumer *c, const rag_queue_transport *t,
     }
     if (c->begin_batch)
         rc = c->begin_batch(c->self, txn);
-    for (size_t i = 0; i < n && !rc; i++)
+    /* A long batch keeps its leases: past half the lease, the messages not yet handled are
+     * reported in progress (transports that can extend a lease: JetStream's InProgress). */
+    const int can_progress = t->version >= 2 && t->progress && p->lease_ms;
+    uint64_t lease_mark = can_progress ? rag_mono_ms() + p->lease_ms / 2 : 0;
+    for (size_t i = 0; i < n && !rc; i++) {
+        if (can_progress && rag_mono_ms() >= lease_mark) {
+            t->progress(t->state, msgs + i, n - i);
+            lease_mark = rag_mono_ms() + p->lease_ms / 2;
+        }
         rc = process_one(c, txn, p, &msgs[i], &outcome[i]);
+    }
     if (!rc) {
         mrc = rag_txn_commit(txn);
         if (mrc)
@@ -220,10 +230,19 @@ int rag_consumer_run_once(rag_consumer *c, const rag_queue_transport *t,
     }
     size_t nd = 0;
     for (size_t i = 0; i < n; i++)
-        if (outcome[i] == OUT_ACK)
+        if (outcome[i] == OUT_ACK || (outcome[i] == OUT_DEAD && !(t->version >= 2 && t->term)))
             done[nd++] = msgs[i];
     /* An ack that fails leaves the leases to expire: the redeliveries hit the inbox. */
     rc = t->ack(t->state, done, nd);
+    if (t->version >= 2 && t->term) {
+        size_t ndead = 0;
+        for (size_t i = 0; i < n; i++)
+            if (outcome[i] == OUT_DEAD)
+                done[ndead++] = msgs[i];
+        int trc = t->term(t->state, done, ndead);
+        if (!rc)
+            rc = trc;
+    }
     for (size_t i = 0; i < n; i++)
         if (outcome[i] == OUT_NAK)
             t->nak(t->state, &msgs[i],

@@ -9,8 +9,10 @@
  * transaction, and only then acknowledge.  Delivery is therefore at least once and effects are
  * exactly once.
  *
- * ragcore ships the `lmdb` transport (an embedded broker environment under `<root>/queue/`).
- * A host may supply its own through rag_options::transport.
+ * ragcore ships the `lmdb` transport (an embedded broker environment under `<root>/queue/`)
+ * and, when built with libnats, the `nats` transport on NATS JetStream
+ * (rag_queue_nats_new() in ragcore/transports.h), which lets modules run in separate
+ * processes and machines.  A host may supply its own through rag_options::transport.
  *
  * Versioning as for every ragcore vtable: `version` first, ::RAG_QUEUE_TRANSPORT_INIT,
  * slots appended only, RAG_EVERSION (-16) for 0 or future versions.
@@ -27,7 +29,7 @@
 extern "C" {
 #endif
 
-#define RAG_QUEUE_TRANSPORT_VERSION 1u
+#define RAG_QUEUE_TRANSPORT_VERSION 2u
 
 /** Longest message id, including NUL. */
 #define RAG_QUEUE_MSGID_MAX 64
@@ -90,10 +92,27 @@ typedef struct rag_queue_transport {
     void (*wake_all)(void *state);
     /** Optional: release `state`.  Called once when the owning handle closes. */
     void (*free)(void *state);
+    /* ---- version 2 ---- */
+    /**
+     * Optional: remove delivered messages that the consumer dead-lettered (its dead-letter
+     * record is committed): they must never be delivered again, and the transport may record
+     * them as terminated (JetStream `Term`).  NULL: ragcore calls `ack`.
+     */
+    int (*term)(void *state, const rag_queue_message *msgs, size_t n);
+    /**
+     * Optional: the consumer is still working on these delivered messages; extend their lease
+     * (JetStream `InProgress`).  Called during long batches.  NULL: leases are not extended.
+     */
+    int (*progress)(void *state, const rag_queue_message *msgs, size_t n);
 } rag_queue_transport;
 
 #define RAG_QUEUE_TRANSPORT_INIT \
-    {RAG_QUEUE_TRANSPORT_VERSION, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL}
+    {RAG_QUEUE_TRANSPORT_VERSION, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, \
+     NULL, NULL}
+
+/** Bytes of a transport struct of `version` (the slots that version has). */
+#define RAG_QUEUE_TRANSPORT_SIZE(version) \
+    ((version) >= 2 ? sizeof(rag_queue_transport) : offsetof(rag_queue_transport, term))
 
 #ifdef __cplusplus
 }
