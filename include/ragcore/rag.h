@@ -363,6 +363,37 @@ typedef struct rag_status_info {
 RAG_API int rag_status(rag_ctx *ctx, rag_status_info *out);
 
 /**
+ * @name Backup and restore
+ * @{
+ */
+
+/**
+ * Copy the root of an open handle into `dest_dir` while it keeps running: each hosted
+ * module's LMDB environment (and the embedded broker's) with LMDB's consistent, compacting
+ * copy, plus the root's FORMAT file.  The retrieve cache and the FAISS snapshot are not
+ * copied: both are rebuilt from the copied tables.  Each environment is consistent in itself;
+ * the modules are copied one after the other, so work that moved between them during the
+ * backup is reconciled by rag_restore() (which drains and runs a repairing rag_fsck()).
+ * @param dest_dir  a directory that does not exist yet or is empty; created (mode 0700).
+ * @return ::RAG_OK; ::RAG_EEXISTS `dest_dir` is not empty; ::RAG_EIO; ::RAG_ESTORAGE.
+ */
+RAG_API int rag_backup(rag_ctx *ctx, const char *dest_dir);
+
+/**
+ * Restore a backup made by rag_backup() into `root`, which must not exist or be empty: copy
+ * the files, open the root with `opts` (the provider must be the backup's), drain, and run
+ * rag_fsck() with ::RAG_FSCK_REPAIR so that work caught between modules during the backup is
+ * redone.  The root is closed again before returning.
+ * @param[out] findings  if not NULL: number of inconsistencies found and repaired.
+ * @return ::RAG_OK; ::RAG_EEXISTS `root` is not empty; ::RAG_ENOTFOUND `backup_dir` holds no
+ *         backup; the codes of rag_open(), rag_drain() and rag_fsck().
+ */
+RAG_API int rag_restore(const char *backup_dir, const char *root, const rag_options *opts,
+                        size_t *findings);
+
+/**@}*/
+
+/**
  * @name Dead letters
  * A message that failed permanently (e.g. the provider rejected a text with ::RAG_EPROVIDER),
  * or transiently on every one of `max_attempts` deliveries, is parked in the dead-letter table

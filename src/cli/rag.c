@@ -139,6 +139,8 @@ static int usage(void)
           "  trace ID [--json]\n"
           "  eval --docs D.jsonl --queries Q.jsonl --qrels R.tsv [--mode M|all] [-k N] [--json]\n"
           "       (ingests D unless stored, reports nDCG@10 and recall@N, N default 100)\n"
+          "  backup DEST                            consistent copy of the root while it runs\n"
+          "  restore BACKUP                         restore into --root (empty), drain, repair\n"
           "  serve                                  run the --modules of this process until\n"
           "                                         SIGINT/SIGTERM (e.g. --modules embed)\n"
           "  --version\n"
@@ -1732,7 +1734,8 @@ int main(int argc, char **argv)
     int known = !strcmp(cmd, "ingest") || !strcmp(cmd, "put") || !strcmp(cmd, "delete") ||
                 !strcmp(cmd, "search") || !strcmp(cmd, "ask") || !strcmp(cmd, "status") ||
                 !strcmp(cmd, "drain") || !strcmp(cmd, "dlq") || !strcmp(cmd, "fsck") ||
-                !strcmp(cmd, "trace") || !strcmp(cmd, "eval") || !strcmp(cmd, "serve");
+                !strcmp(cmd, "trace") || !strcmp(cmd, "eval") || !strcmp(cmd, "serve") ||
+                !strcmp(cmd, "backup") || !strcmp(cmd, "restore");
     if (!known) {
         fprintf(stderr, "rag: unknown command %s\n", cmd);
         free(args);
@@ -1751,6 +1754,31 @@ int main(int argc, char **argv)
             fprintf(stderr, "rag: unknown dlq command %s (list, retry or drop)\n", args[0]);
         free(args);
         return usage();
+    }
+    if (!strcmp(cmd, "restore")) {
+        /* the root does not exist yet: rag_restore creates, opens, repairs and closes it */
+        int rrc = 2;
+        if (nargs != 1 || !c.root) {
+            fputs("rag: restore needs --root DIR (empty) and the backup directory\n", stderr);
+        } else {
+            rag_embed_provider p;
+            int have = 0;
+            rrc = make_provider(&c, &p, &have);
+            if (!rrc) {
+                c.opts.provider = have ? &p : NULL;
+                size_t found = 0;
+                int e = rag_restore(args[0], c.root, &c.opts, &found);
+                c.opts.provider = NULL;
+                if (e)
+                    rrc = fail(e, "restore");
+                else
+                    printf("restored %s into %s (%zu inconsistencies between modules "
+                           "repaired)\n",
+                           args[0], c.root, found);
+            }
+        }
+        free(args);
+        return rrc;
     }
     int rc = open_ctx(&c);
     if (rc) {
@@ -1790,6 +1818,16 @@ int main(int argc, char **argv)
         rc = cmd_eval(&c, nargs);
     } else if (!strcmp(cmd, "serve")) {
         rc = cmd_serve(&c);
+    } else if (!strcmp(cmd, "backup")) {
+        if (nargs != 1) {
+            rc = usage();
+        } else {
+            rc = rag_backup(c.ctx, args[0]);
+            if (rc)
+                rc = fail(rc, "backup");
+            else
+                printf("backed up %s to %s\n", c.root, args[0]);
+        }
     }
     rag_close(c.ctx);
     free(c.acl_buf);

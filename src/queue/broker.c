@@ -779,3 +779,11 @@ void rag_queue_policy_from_config(rag_queue_policy *p, const rag_config *cfg)
     p->lease_ms = cfg->lease_ms;
     p->batch_size = cfg->batch_size;
 }
+
+MDB_env *rag_queue_lmdb_transport_env(const rag_queue_transport *t)
+{
+    /* Only a transport made by rag_queue_lmdb_transport_new has this fetch slot. */
+    if (!t || t->fetch != br_fetch || !t->state)
+        return NULL;
+    return ((const broker *)t->state)->env;
+}

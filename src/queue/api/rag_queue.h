@@ -24,6 +24,8 @@
  * by a previous process is released (the root lock guarantees that process is gone).
  * Free with transport->free(transport->state) and then free(transport). */
 int rag_queue_lmdb_transport_new(rag_queue_transport **out, const rag_config *cfg);
+/* The broker's env when `t` is the LMDB transport (for backups); NULL for any other. */
+MDB_env *rag_queue_lmdb_transport_env(const rag_queue_transport *t);
 
 /* ---- outbox (in the producer's env) ----------------------------------------------------- */
 
