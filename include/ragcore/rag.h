@@ -405,7 +405,7 @@ RAG_API int rag_restore(const char *backup_dir, const char *root, const rag_opti
 
 /** One dead letter as reported by rag_dlq_list(). */
 typedef struct rag_dead_letter_info {
-    char id[64];       /**< message id (unique across the root); pass it to retry/drop */
+    char id[64];       /**< message id (unique across roots); pass it to retry/drop */
     char topic[32];    /**< the event, e.g. "doc.chunked" */
     char module[16];   /**< the module that consumed it and gave up, e.g. "embed" */
     int code;          /**< the failure's status code (RAG_E*) */

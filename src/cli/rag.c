@@ -122,7 +122,8 @@ static int usage(void)
           "           [--provider cpu|cuda|remote] [--dim N] [--reembed]\n"
           "           [--transport lmdb|nats://HOST:PORT[,nats://...]] [--transport-creds FILE]\n"
           "           [--transport-ca FILE] [--transport-cert FILE --transport-key FILE]\n"
-          "           [--transport-prefix NAME] [--modules ingest,embed,index,retrieve]\n"
+          "           [--transport-prefix NAME] [--transport-ack-wait MS]\n"
+          "           [--modules ingest,embed,index,retrieve]\n"
           "           [--remote-url URL --remote-model M --remote-dim N [--remote-key-env VAR]\n"
           "            [--remote-batch N]]\n"
           "           COMMAND [ARGS]\n"
@@ -1573,6 +1574,15 @@ int main(int argc, char **argv)
         } else if (!strcmp(a, "--transport-prefix")) {
             NEED_ARG();
             c.nats.prefix = next;
+        } else if (!strcmp(a, "--transport-ack-wait")) {
+            NEED_ARG();
+            size_t v = 0;
+            if (parse_size(next, &v) || v < 100 || v > 86400000) {
+                fprintf(stderr, "rag: --transport-ack-wait needs milliseconds (100..86400000)\n");
+                free(args);
+                return 2;
+            }
+            c.nats.ack_wait_ms = (unsigned int)v;
         } else if (!strcmp(a, "--modules")) {
             NEED_ARG();
             if (parse_modules(next, &c.opts.modules)) {

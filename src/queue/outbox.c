@@ -6,16 +6,25 @@
  * Tables (in the producer's env)
  *   "__outbox"       be64 seq -> {str topic, str id, payload bytes}
  *   "__outbox_meta"  "next" -> u64 next outbox sequence
+ *                    "origin" -> u64 random, drawn when the env first opens its outbox
  *
- * The sequence is persisted in the caller's txn together with the row, so ids
- * ("<module>-<16 hex>") never repeat across restarts, even after every row was relayed and
- * deleted.  A relay that crashes after publish but before the delete re-publishes the same
- * ids; the broker drops ids it still holds and consumers' inboxes drop the rest.
+ * Ids are "<module>-<16 hex origin>-<16 hex sequence>".  The sequence is persisted in the
+ * caller's txn together with the row, so ids never repeat across restarts, even after every
+ * row was relayed and deleted.  The origin makes them unique across roots: with modules in
+ * several processes (embed workers on NATS, each with its own root), two workers' first
+ * doc.embedded would otherwise share "embed-...01", and the broker's de-duplication and the
+ * index's inbox would drop the second as a repeat.  A relay that crashes after publish but
+ * before the delete re-publishes the same ids; the broker drops ids it still holds and
+ * consumers' inboxes drop the rest.
  */
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "rag_queue.h"
 #include "rag_queue_internal.h"
@@ -23,17 +32,64 @@
 /* A relay batch: bounded so that one publish txn and the memory it pins stay modest. */
 #define RELAY_MAX_ROWS 512
 #define RELAY_MAX_BYTES ((size_t)8 * 1024 * 1024)
-/* "-" + 16 hex digits + NUL */
-#define MODULE_MAX (RAG_QUEUE_MSGID_MAX - 18)
+/* "-" + 16 hex digits, twice, + NUL */
+#define MODULE_MAX (RAG_QUEUE_MSGID_MAX - 35)
 
 struct rag_outbox {
     MDB_env *env;
     MDB_dbi rows, meta;
     char module[MODULE_MAX];
+    uint64_t origin;
     pthread_mutex_t relay_mu; /* concurrent relays serialise: each row is published once */
 };
 
 static const char next_key[] = "next";
+static const char origin_key[] = "origin";
+
+/* 64 random bits (the kernel's generator; a clock and pid mix if it is unavailable). */
+static uint64_t random_origin(void)
+{
+    uint64_t v = 0;
+    if (getrandom(&v, sizeof v, 0) == (ssize_t)sizeof v && v)
+        return v;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    v = ((uint64_t)ts.tv_sec * 1000000007ull) ^ (uint64_t)ts.tv_nsec ^ ((uint64_t)getpid() << 32);
+    v ^= v >> 33;
+    v *= 0xff51afd7ed558ccdULL;
+    v ^= v >> 33;
+    return v ? v : 1;
+}
+
+/* Read this env's origin, drawing and storing it on first use. */
+static int load_origin(rag_outbox *ob)
+{
+    MDB_txn *txn;
+    int mrc = mdb_txn_begin(ob->env, NULL, 0, &txn);
+    if (mrc)
+        return rag_mdb_error(mrc, "outbox: origin txn");
+    MDB_val k = {sizeof origin_key - 1, (void *)origin_key}, v;
+    mrc = mdb_get(txn, ob->meta, &k, &v);
+    if (mrc == 0 && v.mv_size == 8) {
+        memcpy(&ob->origin, v.mv_data, 8);
+        mdb_txn_abort(txn);
+        return RAG_OK;
+    }
+    if (mrc && mrc != MDB_NOTFOUND) {
+        mdb_txn_abort(txn);
+        return rag_mdb_error(mrc, "outbox: read origin");
+    }
+    ob->origin = random_origin();
+    v.mv_size = 8;
+    v.mv_data = &ob->origin;
+    mrc = mdb_put(txn, ob->meta, &k, &v, 0);
+    if (mrc) {
+        mdb_txn_abort(txn);
+        return rag_mdb_error(mrc, "outbox: write origin");
+    }
+    mrc = rag_txn_commit(txn);
+    return mrc ? rag_mdb_error(mrc, "outbox: commit origin") : RAG_OK;
+}
 
 int rag_outbox_open(rag_outbox **out, MDB_env *env, const char *module)
 {
@@ -51,6 +107,8 @@ int rag_outbox_open(rag_outbox **out, MDB_env *env, const char *module)
     int rc = rag_dbi_open(env, "__outbox", 0, &ob->rows);
     if (!rc)
         rc = rag_dbi_open(env, "__outbox_meta", 0, &ob->meta);
+    if (!rc)
+        rc = load_origin(ob);
     if (rc) {
         free(ob);
         return rc;
@@ -95,7 +153,8 @@ int rag_outbox_add(rag_outbox *ob, MDB_txn *txn, const char *topic, const void *
         return rag_mdb_error(mrc, "outbox: write sequence");
 
     char id[RAG_QUEUE_MSGID_MAX];
-    snprintf(id, sizeof id, "%s-%016llx", ob->module, (unsigned long long)seq);
+    snprintf(id, sizeof id, "%s-%016llx-%016llx", ob->module, (unsigned long long)ob->origin,
+             (unsigned long long)seq);
     rag_wbuf w;
     rag_wbuf_init(&w);
     rag_wbuf_cstr(&w, topic);

@@ -175,9 +175,23 @@ static void test_two_producers_two_consumers_exactly_once(void **state)
     MDB_txn *rtxn;
     assert_int_equal(mdb_txn_begin(s->cons, NULL, MDB_RDONLY, &rtxn), 0);
     rag_queue_message again[100];
+    /* outbox ids of the first rows: "prod-<origin>-<sequence>", the origin stored by the
+     * outbox in its env */
+    uint64_t origin = 0;
+    {
+        MDB_txn *ot;
+        MDB_dbi meta;
+        assert_int_equal(mdb_txn_begin(s->prod, NULL, MDB_RDONLY, &ot), 0);
+        assert_int_equal(mdb_dbi_open(ot, "__outbox_meta", 0, &meta), 0);
+        MDB_val ok = {6, "origin"}, ov;
+        assert_int_equal(mdb_get(ot, meta, &ok, &ov), 0);
+        assert_int_equal(ov.mv_size, 8);
+        memcpy(&origin, ov.mv_data, 8);
+        mdb_txn_abort(ot);
+    }
     for (int i = 0; i < 100; i++) {
         char id[RAG_QUEUE_MSGID_MAX];
-        snprintf(id, sizeof id, "prod-%016x", i + 1); /* outbox ids of the first rows */
+        snprintf(id, sizeof id, "prod-%016llx-%016x", (unsigned long long)origin, i + 1);
         MDB_val k = {strlen(id), id}, v;
         assert_int_equal(mdb_get(rtxn, s->c.inbox_dbi, &k, &v), 0);
         again[i] = qt_msg("work", id, "never-applied");

@@ -32,7 +32,8 @@ MDB_env *rag_queue_lmdb_transport_env(const rag_queue_transport *t);
 typedef struct rag_outbox rag_outbox;
 
 /* Open the outbox tables ("__outbox", "__outbox_meta") in `env`. `module` names message ids:
- * "<module>-<16 hex digits of the outbox sequence>". */
+ * "<module>-<16 hex digits of the env's random origin>-<16 hex digits of the outbox sequence>",
+ * unique across roots (see outbox.c). */
 int rag_outbox_open(rag_outbox **out, MDB_env *env, const char *module);
 void rag_outbox_free(rag_outbox *ob);
 /* Append an event inside the caller's write transaction. `id_out` (may be NULL) gets the id. */
