@@ -380,8 +380,11 @@ static int reembed_scan(rag_ctx *ctx)
         size_t sent = 0;
         int done = 0;
         int rc = rag_ingest_reembed_step(ctx->ingest, gen, REEMBED_STEP_DOCS, &sent, &done);
-        if (!rc)
-            rc = relay_all(ctx);
+        if (!rc && (rc = relay_all(ctx)) == RAG_ETRANSIENT) {
+            /* broker unreachable: the rows wait in the outbox for the workers' relay */
+            rag_error_clear();
+            rc = RAG_OK;
+        }
         if (rc || done)
             return rc;
     }

@@ -3,7 +3,13 @@
  *
  * LMDB (env `<root>/index/`) is the truth:
  *   "meta"      short ASCII key -> be64 value (next_label, next_acl, epoch, log_seq,
- *               snapshot_seq, live, active_docs, dim, format)
+ *               snapshot_seq, live, active_docs, dim, format, model_gen)
+ *               model_gen: the embedding model generation of the stored vectors.  When the
+ *               embed module is at a newer one (a re-embed), the index drops every vector
+ *               row at open and keeps labels and lexical rows; each label gets its new vector
+ *               from a re-embed doc.embedded (a vector-only add), and a doc.embedded of an
+ *               older generation is switched to without vectors and answered "stale vectors"
+ *               (index_handlers.c).  Until then a live label has no "vectors" row.
  *   "labels"    be64 label -> {u64 version, u32 chunk_no, u32 acl id, str doc_id}
  *   "vectors"   be64 label -> dim little-endian floats
  *   "docs"      doc_id bytes -> {u64 active_version, u64 deleted_through, u32 acl id,
