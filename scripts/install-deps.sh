@@ -21,6 +21,8 @@ set -euo pipefail
 #   clang libclang-rt-14-dev libomp-dev    libFuzzer builds; clang's FindOpenMP needs libomp
 #                                          (gcc builds do not: they use libgomp)
 #   python3 python3.11-doc                 demo corpus (/usr/share/doc/python3.11/html)
+#   doxygen                                API reference from the header comments; the
+#                                          build_docs test fails on undocumented items
 PACKAGES=(
   build-essential cmake pkg-config
   liblmdb-dev libutf8proc-dev libxml2-dev libxxhash-dev libjansson-dev libmd4c-dev
@@ -29,6 +31,7 @@ PACKAGES=(
   libcmocka-dev
   clang libclang-rt-14-dev libomp-dev
   python3 python3.11-doc
+  doxygen
 )
 
 die() {

@@ -28,10 +28,10 @@ extern "C" {
 
 /** @name Library version (semantic versioning) */
 /**@{*/
-#define RAG_VERSION_MAJOR 0
-#define RAG_VERSION_MINOR 1
-#define RAG_VERSION_PATCH 0
-#define RAG_VERSION_STRING "0.1.0"
+#define RAG_VERSION_MAJOR 0 /**< incompatible API/ABI changes */
+#define RAG_VERSION_MINOR 1 /**< compatible additions */
+#define RAG_VERSION_PATCH 0 /**< fixes only */
+#define RAG_VERSION_STRING "0.1.0" /**< "MAJOR.MINOR.PATCH" of these headers */
 /** Single comparable number: major*10000 + minor*100 + patch. */
 #define RAG_VERSION_NUMBER (RAG_VERSION_MAJOR * 10000 + RAG_VERSION_MINOR * 100 + RAG_VERSION_PATCH)
 /**@}*/

@@ -31,14 +31,19 @@ RAG_API int rag_embed_cpu_hash_init(rag_embed_provider *out, unsigned int dim);
  * the host (token -> row): the rows of a text's tokens (NFKC-casefolded words, stopwords
  * dropped) weighted by sublinear term frequency, summed and L2-normalised.  Tokens not in the
  * table are ignored.
+ * @param[out] out provider struct to fill, as for rag_embed_cpu_hash_init().
  * @param tokens   `n_tokens` NUL-terminated tokens (copied).
+ * @param n_tokens number of tokens and of rows.
  * @param rows     `n_tokens * dim` floats (copied), row i for tokens[i].
+ * @param dim      dimension of each row, 8..4096.
  * @param name     model name that goes into the fingerprint (copied), e.g. "glove-6B-50d".
+ * @return ::RAG_OK, ::RAG_EINVAL, ::RAG_ENOMEM.
  */
 RAG_API int rag_embed_cpu_table_init(rag_embed_provider *out, const char *const *tokens,
                                     size_t n_tokens, const float *rows, unsigned int dim,
                                     const char *name);
 
+/** Current version of ::rag_embed_remote_options (put it in its `version` field). */
 #define RAG_EMBED_REMOTE_OPTIONS_VERSION 1u
 
 /**
@@ -71,6 +76,7 @@ typedef struct rag_embed_remote_options {
     int no_normalize;              /**< 1: keep the vectors as returned [0: L2-normalise] */
 } rag_embed_remote_options;
 
+/** Static initialiser of ::rag_embed_remote_options: current version, every field default. */
 #define RAG_EMBED_REMOTE_OPTIONS_INIT \
     {RAG_EMBED_REMOTE_OPTIONS_VERSION, NULL, NULL, 0u, 0, 0u, 0u, 0u, 0u, 0u, NULL, NULL, 0}
 

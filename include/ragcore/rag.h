@@ -27,6 +27,7 @@ extern "C" {
 /** Opaque handle on one root directory. */
 typedef struct rag_ctx rag_ctx;
 
+/** Version of ::rag_options this header describes (fields are only ever appended). */
 #define RAG_OPTIONS_VERSION 5u
 
 /** @name Modules a handle hosts (rag_options::modules)
@@ -35,10 +36,15 @@ typedef struct rag_ctx rag_ctx;
  * and retrieve, and embed workers elsewhere.  Ingest and index go together (fsck, session
  * reads and retrieve read both in-process); retrieve needs them both; embed may stand alone.
  * @{ */
+/** The ingest module (documents, versions, sagas). */
 #define RAG_HOST_INGEST 0x1u
+/** The embed module (provider calls, vector cache). */
 #define RAG_HOST_EMBED 0x2u
+/** The index module (vectors, lexical index, FAISS). */
 #define RAG_HOST_INDEX 0x4u
+/** The retrieve module (searches, result cache). */
 #define RAG_HOST_RETRIEVE 0x8u
+/** Every module (the embedded default). */
 #define RAG_HOST_ALL (RAG_HOST_INGEST | RAG_HOST_EMBED | RAG_HOST_INDEX | RAG_HOST_RETRIEVE)
 /** @} */
 
@@ -104,6 +110,7 @@ typedef struct rag_options {
     unsigned int modules;
 } rag_options;
 
+/** Static initialiser of ::rag_options: the current version, every other field 0 (default). */
 #define RAG_OPTIONS_INIT {RAG_OPTIONS_VERSION, NULL, NULL, 0u, NULL, 0, 0, 0, 0, 0, 0, 0u, 0u, 0u, 0u, 0u, 0, NULL, 0u, 0u, 0.0f, 0.0f, 0.0f, 0, 0u}
 
 /**
@@ -161,10 +168,11 @@ typedef struct rag_doc {
     const void *data;            /**< content bytes */
     size_t size;                 /**< content length */
     const char *mime;            /**< "text/plain", "text/markdown", "text/html"; NULL: detect */
-    const char *title;           /**< NULL: taken from the content (HTML <title>, first heading) */
+    const char *title;           /**< NULL: taken from the content (the HTML `title`, else the
+                                      first heading) */
     const char *uri;             /**< source location shown in citations; NULL: none */
     const char *const *acl;      /**< principals allowed to read; NULL/0: public */
-    size_t acl_count;
+    size_t acl_count;            /**< number of entries in `acl` */
     const char *idempotency_key; /**< optional; same key + same bytes returns the first result */
     unsigned int flags;          /**< RAG_PUT_* */
 } rag_doc;
@@ -224,6 +232,7 @@ typedef enum rag_consistency {
     RAG_CONSISTENCY_SESSION = 1
 } rag_consistency;
 
+/** Version of ::rag_query this header describes. */
 #define RAG_QUERY_VERSION 2u
 
 /** A query.  Initialise with ::RAG_QUERY_INIT. */
@@ -232,24 +241,25 @@ typedef struct rag_query {
     const char *text;                  /**< query text (UTF-8) */
     size_t k;                          /**< results wanted [10], at most 1000 */
     const char *const *principals;     /**< caller's principals (user and groups) */
-    size_t principal_count;
+    size_t principal_count;            /**< number of entries in `principals` */
     /** 1: ignore ACLs (operator access).  0: public documents plus those readable by
      *  `principals`. */
     int unrestricted;
-    rag_search_mode mode;
+    rag_search_mode mode;              /**< vector, lexical or hybrid [::RAG_MODE_DEFAULT: hybrid] */
     /* ---- version 2 ---- */
-    rag_consistency consistency;
+    rag_consistency consistency;       /**< [::RAG_CONSISTENCY_EVENTUAL] */
     /** Bound of the session wait in ms [5000]; ::RAG_ETIMEOUT when it runs out.  Unused for
      *  ::RAG_CONSISTENCY_EVENTUAL. */
     uint32_t timeout_ms;
 } rag_query;
 
+/** Static initialiser of ::rag_query: k 10, hybrid, eventual consistency. */
 #define RAG_QUERY_INIT {RAG_QUERY_VERSION, NULL, 10, NULL, 0, 0, RAG_MODE_DEFAULT, RAG_CONSISTENCY_EVENTUAL, 0u}
 
 /** One hit.  Strings are owned by the enclosing ::rag_results. */
 typedef struct rag_result {
-    const char *doc_id;
-    uint64_t version;
+    const char *doc_id; /**< the document's id */
+    uint64_t version;   /**< the document version the chunk belongs to */
     uint32_t chunk;     /**< chunk number within the version, from 0 */
     float score;        /**< higher is better */
     const char *text;   /**< the chunk's text (NFC) */
@@ -257,9 +267,10 @@ typedef struct rag_result {
     const char *uri;    /**< document uri ("" when none) */
 } rag_result;
 
+/** Results of rag_search(), best first; free with rag_results_free(). */
 typedef struct rag_results {
-    size_t count;
-    rag_result *items;
+    size_t count;       /**< hits in `items` (at most the query's k) */
+    rag_result *items;  /**< the hits */
 } rag_results;
 
 /**
@@ -283,27 +294,30 @@ typedef enum rag_prompt_format {
     RAG_PROMPT_JSON = 1  /**< JSON array of chat messages [{"role":..,"content":..}, ...] */
 } rag_prompt_format;
 
+/** Version of ::rag_assemble_opts this header describes. */
 #define RAG_ASSEMBLE_VERSION 2u
 
 /** A token counter for rag_assemble(): tokens of `len` bytes of UTF-8 at `text`. */
 typedef size_t (*rag_token_counter)(void *arg, const char *text, size_t len);
 
+/** Options of rag_assemble(); initialise with ::RAG_ASSEMBLE_INIT. */
 typedef struct rag_assemble_opts {
     unsigned int version;        /**< ::RAG_ASSEMBLE_VERSION */
     const char *question;        /**< the user's question */
     size_t token_budget;         /**< upper bound of the prompt's tokens [2048] */
     /** Template with `{question}` and `{context}` placeholders; NULL: the built-in one. */
     const char *template_text;
-    rag_prompt_format format;
+    rag_prompt_format format;    /**< plain text or a JSON messages array [::RAG_PROMPT_TEXT] */
     /* ---- version 2 ---- */
     /** Token counter (e.g. the model's tokenizer); NULL: the built-in estimate, one token per
      *  4 bytes of UTF-8 rounded up.  Called many times per rag_assemble() on pieces and
      *  prefixes of the prompt (always whole UTF-8 characters); it should count a longer text
      *  no lower than its prefix. */
     rag_token_counter count_tokens;
-    void *count_tokens_arg;
+    void *count_tokens_arg;      /**< passed as `arg` to `count_tokens` */
 } rag_assemble_opts;
 
+/** Static initialiser of ::rag_assemble_opts: budget 2048 tokens, plain text. */
 #define RAG_ASSEMBLE_INIT {RAG_ASSEMBLE_VERSION, NULL, 2048, NULL, RAG_PROMPT_TEXT, NULL, NULL}
 
 /**
@@ -318,18 +332,21 @@ typedef struct rag_assemble_opts {
 RAG_API int rag_assemble(rag_ctx *ctx, const rag_results *results, const rag_assemble_opts *opts,
                          char **prompt_out);
 
+/** Most queues rag_status() reports (topics and outboxes). */
 #define RAG_STATUS_MAX_QUEUES 16
 
 /** Depth of one queue as reported by rag_status(). */
 typedef struct rag_status_queue {
     char name[RAG_QUEUE_TOPIC_MAX]; /**< topic, or "outbox:<module>" */
-    uint64_t ready;
-    uint64_t delayed;
-    uint64_t inflight;
+    uint64_t ready;    /**< messages visible now */
+    uint64_t delayed;  /**< messages waiting for a retry backoff */
+    uint64_t inflight; /**< messages delivered and not yet acknowledged */
 } rag_status_queue;
 
+/** Version of ::rag_status_info this header describes. */
 #define RAG_STATUS_VERSION 4u
 
+/** Counts filled by rag_status(); older callers get the fields of their version only. */
 typedef struct rag_status_info {
     unsigned int version;  /**< set by the caller to ::RAG_STATUS_VERSION */
     uint64_t documents;    /**< live (not deleted) documents */
@@ -338,8 +355,8 @@ typedef struct rag_status_info {
     uint64_t vectors;      /**< vectors in the index */
     uint64_t dead_letters; /**< dead-lettered messages, all modules */
     uint64_t index_epoch;  /**< increments with every index change */
-    size_t queue_count;
-    rag_status_queue queues[RAG_STATUS_MAX_QUEUES];
+    size_t queue_count;    /**< entries used in `queues` */
+    rag_status_queue queues[RAG_STATUS_MAX_QUEUES]; /**< every topic, then every outbox */
     /* ---- version 2 (filled only when the caller set version >= 2) ---- */
     uint64_t sagas_running;     /**< versions/deletes on their way through the pipeline */
     uint64_t sagas_failed;      /**< documents whose newest version failed and was compensated
@@ -483,20 +500,21 @@ typedef enum rag_fsck_kind {
 
 /** One finding. */
 typedef struct rag_fsck_issue {
-    rag_fsck_kind kind;
+    rag_fsck_kind kind;              /**< what kind of inconsistency */
     char doc_id[RAG_DOC_ID_MAX + 1]; /**< "" when the finding is not about one document */
     uint64_t version;                /**< version concerned, 0 when none */
     int64_t label;                   /**< index label concerned, -1 when none */
     int repaired;                    /**< 1: a fix was queued and the drain after it ran */
-    char detail[256];
+    char detail[256];                /**< human-readable description */
 } rag_fsck_issue;
 
+/** Result of rag_fsck(); free with rag_fsck_report_free(). */
 typedef struct rag_fsck_report {
     size_t count;                /**< findings */
-    rag_fsck_issue *issues;
+    rag_fsck_issue *issues;      /**< the findings */
     uint64_t documents_checked;  /**< ingest documents looked at */
     uint64_t labels_checked;     /**< index labels looked at */
-    uint64_t sagas_checked;
+    uint64_t sagas_checked;      /**< saga rows looked at */
     int drained;                 /**< 1: the pipeline was empty when checked */
 } rag_fsck_report;
 
@@ -510,6 +528,7 @@ typedef struct rag_fsck_report {
  */
 RAG_API int rag_fsck(rag_ctx *ctx, unsigned int flags, uint32_t timeout_ms,
                      rag_fsck_report **out);
+/** Free a report of rag_fsck().  NULL is allowed. */
 RAG_API void rag_fsck_report_free(rag_fsck_report *report);
 /** "orphan_vector", "phantom_document", ... (stable names, used by `rag fsck --json`). */
 RAG_API const char *rag_fsck_kind_name(rag_fsck_kind kind);
@@ -524,6 +543,7 @@ RAG_API const char *rag_fsck_kind_name(rag_fsck_kind kind);
  */
 /**@{*/
 
+/** One hop of a saga: an event handled by a module. */
 typedef struct rag_trace_step {
     char module[16];   /**< "ingest", "embed", "index" */
     char event[32];    /**< "put", "delete", "doc.chunked", "doc.embedded", ... */
@@ -532,17 +552,20 @@ typedef struct rag_trace_step {
     int code;          /**< ::RAG_OK or the failure's code */
 } rag_trace_step;
 
+/** The journey of a document's last version (or delete), from rag_trace(). */
 typedef struct rag_trace_info {
-    char doc_id[RAG_DOC_ID_MAX + 1];
+    char doc_id[RAG_DOC_ID_MAX + 1]; /**< the document */
     uint64_t version;       /**< the version the saga is about */
     char kind[8];           /**< "put" or "delete" */
     char state[16];         /**< "running", "done", "superseded", "compensating", "failed" */
     uint64_t active_version;/**< version searches return now (0: none) */
     int deleted;            /**< 1: the document is deleted */
-    uint64_t started_ms, updated_ms, deadline_ms;
+    uint64_t started_ms;    /**< when the saga began (ms since the Unix epoch) */
+    uint64_t updated_ms;    /**< its last change */
+    uint64_t deadline_ms;   /**< after this an unfinished saga is reported stuck by rag_fsck() */
     int code;               /**< failure code of a failed saga, else ::RAG_OK */
     char reason[256];       /**< failure detail, or where an unfinished saga waits */
-    size_t step_count;
+    size_t step_count;      /**< entries in `steps` */
     rag_trace_step *steps;  /**< oldest first */
 } rag_trace_info;
 
@@ -551,7 +574,63 @@ typedef struct rag_trace_info {
  * @return ::RAG_OK; ::RAG_ENOTFOUND no saga is recorded for this id; ::RAG_EINVAL.
  */
 RAG_API int rag_trace(rag_ctx *ctx, const char *doc_id, rag_trace_info **out);
+/** Free a trace of rag_trace().  NULL is allowed. */
 RAG_API void rag_trace_free(rag_trace_info *trace);
+
+/**@}*/
+
+/**
+ * @name Metrics and logging
+ * A Prometheus scrape text of a handle, and a process-wide structured log sink.
+ */
+/**@{*/
+
+/**
+ * The handle's metrics in the Prometheus text exposition format 0.0.4 (`# HELP` / `# TYPE`
+ * lines, metric names `ragcore_*`, labels such as `topic="doc.chunked"`, `module="embed"`):
+ * queue depth per pipeline topic and state (ready, delayed, inflight), outbox backlog and dead
+ * letters per module, consumer counters per module and topic since rag_open() (messages
+ * handled, retried, dead-lettered, duplicates skipped), lag per module (depth of the topic it
+ * consumes), retrieve cache hits, misses and hit ratio, documents, chunks, vectors, sagas
+ * running and failed, chunks waiting for a re-embed, and latency histograms in seconds of
+ * rag_search() and of the embed module's provider calls.  Consumer counters and histograms
+ * start at zero with each handle (the cache counts are the root's, as in rag_status()).  Only the modules this handle hosts are reported (as rag_status()).
+ * May be called while workers run.
+ * @param[out] out NUL-terminated text; free with rag_free().
+ * @return ::RAG_OK; ::RAG_EINVAL a NULL argument; ::RAG_ENOMEM; the codes of rag_status().
+ */
+RAG_API int rag_metrics_text(rag_ctx *ctx, char **out);
+
+/** @name Log levels (rag_log_set())
+ * @{ */
+#define RAG_LOG_ERROR 1 /**< a call or a worker failed */
+#define RAG_LOG_WARN 2  /**< something an operator should look at (dead letter, relay failure) */
+#define RAG_LOG_INFO 3  /**< lifecycle (open, close, re-embed, fsck repairs) */
+#define RAG_LOG_DEBUG 4 /**< per-message detail (retries) */
+/** @} */
+
+/**
+ * A log sink.  `module` is the emitting part ("core", "queue", "embed", "ingest", "index"
+ * or the consumer's module), `event` a stable snake_case name ("dead_letter", "retry",
+ * "open", ...), `message` a human-readable detail.  The strings are valid during the call
+ * only.  Messages never contain document text or provider secrets.
+ */
+typedef void (*rag_log_fn)(void *user, int level, const char *module, const char *event,
+                           const char *message);
+
+/**
+ * Install the process-wide log sink (like curl's global callbacks, it serves every handle).
+ * Events with a level above `max_level` are dropped before any message is built.
+ * Thread-safe: the callback may be called from worker threads, concurrently from several
+ * threads, and from inside any ragcore call; it must not call back into ragcore (neither the
+ * same handle nor rag_log_set()).  When rag_log_set() returns, no call of the previous sink
+ * is still running, so its `user` may be freed.
+ * @param fn        the sink; NULL silences logging (the default).
+ * @param user      passed to every call of `fn`.
+ * @param max_level most verbose level delivered (::RAG_LOG_ERROR .. ::RAG_LOG_DEBUG).
+ * @return ::RAG_OK; ::RAG_EINVAL `fn` is set and `max_level` is not a level.
+ */
+RAG_API int rag_log_set(rag_log_fn fn, void *user, int max_level);
 
 /**@}*/
 

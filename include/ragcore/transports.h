@@ -16,6 +16,7 @@
 extern "C" {
 #endif
 
+/** Current version of ::rag_queue_nats_options (put it in its `version` field). */
 #define RAG_QUEUE_NATS_OPTIONS_VERSION 1u
 
 /**
@@ -51,6 +52,7 @@ typedef struct rag_queue_nats_options {
     int memory_storage;         /**< 1: streams in memory (tests) [0: file] */
 } rag_queue_nats_options;
 
+/** Static initialiser of ::rag_queue_nats_options: current version, every field default. */
 #define RAG_QUEUE_NATS_OPTIONS_INIT \
     {RAG_QUEUE_NATS_OPTIONS_VERSION, NULL, NULL, NULL, NULL, NULL, NULL, 0u, 0u, 0u, 0u, 0u, 0u, 0}
 

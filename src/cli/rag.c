@@ -8,6 +8,7 @@
  *   rag --root DIR search --jsonl QUERIES.jsonl [-k N] [--as P,...] --json
  *   rag --root DIR ask "QUESTION" [--budget TOKENS] [-k N] [--as P,...] [--json]
  *   rag --root DIR status [--json]
+ *   rag --root DIR metrics
  *   rag --root DIR drain [--timeout MS]
  *   rag --root DIR dlq list [--json]
  *   rag --root DIR dlq retry ID [--no-wait] [--timeout MS]
@@ -17,6 +18,8 @@
  *   rag --root DIR eval --docs D.jsonl --queries Q.jsonl --qrels R.tsv
  *                       [--mode vector|lexical|hybrid|default|all] [-k N] [--as P,...] [--json]
  *   rag --version
+ *   Any command: --log-level error|warn|info|debug prints the library's log events to stderr
+ *   as "<UTC time> <level> <module> <event>: <message>".
  *
  * Errors go to stderr as "rag: <what>: <code text> (<detail>)" with exit status 1 (usage: 2).
  */
@@ -116,6 +119,35 @@ static int fail(int code, const char *what)
     return 1;
 }
 
+/* ---- logging (--log-level) --------------------------------------------------------------------- */
+
+static const char *const log_level_names[] = {"", "error", "warn", "info", "debug"};
+
+static int parse_log_level(const char *s)
+{
+    for (int l = RAG_LOG_ERROR; l <= RAG_LOG_DEBUG; l++)
+        if (!strcmp(s, log_level_names[l]))
+            return l;
+    return 0;
+}
+
+/* One line per event, written with a single call so that lines of worker threads do not
+ * interleave. */
+static void log_to_stderr(void *user, int level, const char *module, const char *event,
+                          const char *message)
+{
+    (void)user;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    struct tm tm;
+    gmtime_r(&ts.tv_sec, &tm);
+    char when[32];
+    strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%S", &tm);
+    fprintf(stderr, "%s.%03ldZ %s %s %s: %s\n", when, ts.tv_nsec / 1000000L,
+            level >= RAG_LOG_ERROR && level <= RAG_LOG_DEBUG ? log_level_names[level] : "?",
+            module, event, message);
+}
+
 static int usage(void)
 {
     fputs("usage: rag [--root DIR] [--no-sync] [--hybrid-weight W] [--bm25-k1 K] [--bm25-b B]\n"
@@ -123,7 +155,7 @@ static int usage(void)
           "           [--transport lmdb|nats://HOST:PORT[,nats://...]] [--transport-creds FILE]\n"
           "           [--transport-ca FILE] [--transport-cert FILE --transport-key FILE]\n"
           "           [--transport-prefix NAME] [--transport-ack-wait MS]\n"
-          "           [--modules ingest,embed,index,retrieve]\n"
+          "           [--modules ingest,embed,index,retrieve] [--log-level error|warn|info|debug]\n"
           "           [--remote-url URL --remote-model M --remote-dim N [--remote-key-env VAR]\n"
           "            [--remote-batch N]]\n"
           "           COMMAND [ARGS]\n"
@@ -134,6 +166,7 @@ static int usage(void)
           "  search --jsonl QUERIES.jsonl [-k N] [--as P,...] --json\n"
           "  ask \"QUESTION\" [--budget TOKENS] [-k N] [--as P,...] [--json]\n"
           "  status [--json]\n"
+          "  metrics                                Prometheus text exposition of the root\n"
           "  drain [--timeout MS]\n"
           "  dlq list [--json] | dlq retry ID [--no-wait] | dlq drop ID\n"
           "  fsck [--repair] [--json] [--timeout MS]   (exit 3 when inconsistencies remain)\n"
@@ -1554,6 +1587,15 @@ int main(int argc, char **argv)
             c.root = next;
         } else if (!strcmp(a, "--no-sync")) {
             c.opts.no_sync = 1;
+        } else if (!strcmp(a, "--log-level")) {
+            NEED_ARG();
+            int level = parse_log_level(next);
+            if (!level) {
+                fprintf(stderr, "rag: --log-level %s: use error, warn, info or debug\n", next);
+                free(args);
+                return 2;
+            }
+            rag_log_set(log_to_stderr, NULL, level);
         } else if (!strcmp(a, "--reembed")) {
             c.opts.reembed = 1;
         } else if (!strcmp(a, "--transport")) {
@@ -1745,7 +1787,7 @@ int main(int argc, char **argv)
                 !strcmp(cmd, "search") || !strcmp(cmd, "ask") || !strcmp(cmd, "status") ||
                 !strcmp(cmd, "drain") || !strcmp(cmd, "dlq") || !strcmp(cmd, "fsck") ||
                 !strcmp(cmd, "trace") || !strcmp(cmd, "eval") || !strcmp(cmd, "serve") ||
-                !strcmp(cmd, "backup") || !strcmp(cmd, "restore");
+                !strcmp(cmd, "backup") || !strcmp(cmd, "restore") || !strcmp(cmd, "metrics");
     if (!known) {
         fprintf(stderr, "rag: unknown command %s\n", cmd);
         free(args);
@@ -1816,6 +1858,15 @@ int main(int argc, char **argv)
         rc = cmd_ask(&c, nargs, args);
     } else if (!strcmp(cmd, "status")) {
         rc = cmd_status(&c);
+    } else if (!strcmp(cmd, "metrics")) {
+        char *text = NULL;
+        rc = rag_metrics_text(c.ctx, &text);
+        if (rc) {
+            rc = fail(rc, "metrics");
+        } else {
+            fputs(text, stdout);
+            rag_free(text);
+        }
     } else if (!strcmp(cmd, "drain")) {
         rc = cmd_drain(&c);
     } else if (!strcmp(cmd, "dlq")) {
@@ -1840,6 +1891,7 @@ int main(int argc, char **argv)
         }
     }
     rag_close(c.ctx);
+    rag_log_set(NULL, NULL, 0);
     free(c.acl_buf);
     free(c.as_buf);
     free(args);

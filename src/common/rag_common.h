@@ -164,6 +164,26 @@ int rag_fault_hit(rag_fault_kind kind);
 /* rag_txn_commit() with the fault point: an injected fault aborts the txn and returns EIO. */
 int rag_txn_commit(MDB_txn *txn);
 
+/* ---- structured log sink and latency histograms (log.c) --------------------------------- */
+
+/* Emit one event to the host's rag_log_set() callback when `level` passes its filter.  The
+ * message must never hold document text or secrets (ids, topics, codes, counts are fine). */
+void rag_log(int level, const char *module, const char *event, const char *fmt, ...)
+    RAG_PRINTF(4, 5);
+/* 1 when an event of `level` would be delivered (one relaxed atomic load): lets callers skip
+ * building a message nobody reads. */
+int rag_log_enabled(int level);
+
+/* Latency histogram: fixed bucket bounds (seconds, rag_hist_bounds), lock-free counters,
+ * per-bucket (not cumulative: the metrics text sums them).  Zero-initialised is empty. */
+#define RAG_HIST_BOUNDS 13
+extern const double rag_hist_bounds[RAG_HIST_BOUNDS];
+typedef struct rag_hist {
+    _Atomic uint64_t bucket[RAG_HIST_BOUNDS + 1]; /* last: above every bound (+Inf) */
+    _Atomic uint64_t sum_us;
+} rag_hist;
+void rag_hist_observe_us(rag_hist *h, uint64_t us);
+
 /* ---- misc ------------------------------------------------------------------------------ */
 
 char *rag_strdup(const char *s);

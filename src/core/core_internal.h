@@ -93,6 +93,9 @@ struct rag_ctx {
     atomic_int stopping;
     pthread_mutex_t pump_lock; /* one inline pump at a time */
     rag_session session;
+    rag_hist search_latency;   /* every rag_search call on this handle (metrics.c) */
+    atomic_int relay_failing;  /* 1 after a failed relay was logged, until one succeeds */
+    int opened;                /* rag_open() succeeded (its "close" event is logged) */
 };
 
 #endif

@@ -443,6 +443,13 @@ int rag_fsck(rag_ctx *ctx, unsigned int flags, uint32_t timeout_ms, rag_fsck_rep
         rag_fsck_report_free(rep);
         return rc;
     }
+    for (size_t i = 0; i < rep->count; i++) {
+        const rag_fsck_issue *is = &rep->issues[i];
+        rag_log(is->repaired ? RAG_LOG_INFO : RAG_LOG_WARN, "core",
+                is->repaired ? "fsck_repair" : "fsck_finding", "%s %s@%llu: %s",
+                rag_fsck_kind_name(is->kind), is->doc_id, (unsigned long long)is->version,
+                is->detail);
+    }
     *out = rep;
     return RAG_OK;
 }

@@ -349,6 +349,20 @@ static void add_consumer(rag_ctx *ctx, rag_consumer *c)
         ctx->consumers[ctx->consumer_count++] = c;
 }
 
+/* A failed relay is logged when relays start failing and once more when they work again:
+ * workers and drains retry every few ms, and an unreachable broker must not flood the log. */
+static void relay_note(rag_ctx *ctx, const char *module, int rc)
+{
+    if (rc) {
+        if (!atomic_exchange(&ctx->relay_failing, 1))
+            rag_log(RAG_LOG_WARN, module, "relay_failed",
+                    "outbox relay failed (rows stay in the outbox and are sent again): %s (%s)",
+                    rag_error_last(), rag_strerror(rc));
+    } else if (atomic_exchange(&ctx->relay_failing, 0)) {
+        rag_log(RAG_LOG_INFO, module, "relay_recovered", "outbox relay works again");
+    }
+}
+
 static int relay_all(rag_ctx *ctx)
 {
     int first = RAG_OK;
@@ -357,7 +371,11 @@ static int relay_all(rag_ctx *ctx)
         int rc = rag_outbox_relay(ctx->outboxes[i], &ctx->transport, 0, &moved);
         if (rc && !first)
             first = rc;
+        if (rc)
+            relay_note(ctx, rag_outbox_module(ctx->outboxes[i]), rc);
     }
+    if (!first && ctx->outbox_count)
+        relay_note(ctx, "core", RAG_OK);
     return first;
 }
 
@@ -376,15 +394,32 @@ static int reembed_scan(rag_ctx *ctx)
     uint64_t gen = ctx->cfg.model_gen;
     if (gen == 0)
         return RAG_OK;
-    for (;;) {
+    uint64_t total = 0;
+    for (int step = 0;; step++) {
         size_t sent = 0;
         int done = 0;
         int rc = rag_ingest_reembed_step(ctx->ingest, gen, REEMBED_STEP_DOCS, &sent, &done);
+        if (!rc && step == 0 && !(done && sent == 0))
+            rag_log(RAG_LOG_INFO, "core", "reembed_started",
+                    "re-embedding for model generation %llu with provider '%s': sending every "
+                    "active document version to embed again",
+                    (unsigned long long)gen, rag_embed_fingerprint(ctx->embed));
+        total += sent;
         if (!rc && (rc = relay_all(ctx)) == RAG_ETRANSIENT) {
             /* broker unreachable: the rows wait in the outbox for the workers' relay */
             rag_error_clear();
             rc = RAG_OK;
         }
+        if (rc)
+            rag_log(RAG_LOG_ERROR, "core", "reembed_failed",
+                    "re-embed scan for model generation %llu stopped (resumed at the next "
+                    "open): %s (%s)",
+                    (unsigned long long)gen, rag_error_last(), rag_strerror(rc));
+        else if (done && !(step == 0 && sent == 0))
+            rag_log(RAG_LOG_INFO, "core", "reembed_finished",
+                    "re-embed scan for model generation %llu finished: %llu document(s) queued "
+                    "(rag_status reembed_pending counts the chunks still waiting)",
+                    (unsigned long long)gen, (unsigned long long)total);
         if (rc || done)
             return rc;
     }
@@ -548,6 +583,9 @@ int rag_open(rag_ctx **out, const char *root, const rag_options *opts)
     rc = open_modules(ctx);
     if (rc)
         goto fail;
+    rag_log(RAG_LOG_INFO, "core", "open", "opened root %s (modules 0x%x, provider '%s')",
+            ctx->cfg.root, ctx->cfg.modules, ctx->embed ? rag_embed_fingerprint(ctx->embed) : "");
+    ctx->opened = 1;
     *out = ctx;
     return RAG_OK;
 fail:
@@ -556,6 +594,8 @@ fail:
         char detail[512];
         snprintf(detail, sizeof detail, "%s", rag_error_last());
         rag_close(ctx);
+        rag_log(RAG_LOG_ERROR, "core", "open_failed", "cannot open root %s: %s (%s)",
+                root ? root : "(null)", detail, rag_strerror(rc));
         return rag_error_set(rc, "%s", detail);
     }
 }
@@ -567,6 +607,8 @@ void rag_close(rag_ctx *ctx)
     rag_stop(ctx);
     if (ctx->have_transport && ctx->consumer_count)
         relay_all(ctx);
+    if (ctx->opened)
+        rag_log(RAG_LOG_INFO, "core", "close", "closing root %s", ctx->cfg.root);
     rag_assembler_close(ctx->assembler);
     rag_retrieve_close(ctx->retrieve);
     rag_index_close(ctx->index);
@@ -606,7 +648,9 @@ static void *worker_main(void *arg)
         for (size_t i = 0; i < w->count; i++) {
             if (w->consumers[i]->outbox) {
                 size_t moved = 0;
-                rag_outbox_relay(w->consumers[i]->outbox, &ctx->transport, 0, &moved);
+                int rrc = rag_outbox_relay(w->consumers[i]->outbox, &ctx->transport, 0, &moved);
+                if (rrc)
+                    relay_note(ctx, w->consumers[i]->module, rrc);
                 break; /* consumers of one env share its outbox */
             }
         }
@@ -833,10 +877,23 @@ int rag_doc_delete(rag_ctx *ctx, const char *doc_id)
 
 /* ---- search, assembly, status ------------------------------------------------------------------ */
 
+static int search_call(rag_ctx *ctx, const rag_query *query, rag_results **out);
+
 int rag_search(rag_ctx *ctx, const rag_query *query, rag_results **out)
 {
     rag_error_clear();
-    if (!ctx || !query || !out)
+    if (!ctx)
+        return rag_error_set(RAG_EINVAL, "ctx, query and out are required");
+    /* the whole call, session wait included: what the caller waited for */
+    uint64_t t0 = rag_mono_us();
+    int rc = search_call(ctx, query, out);
+    rag_hist_observe_us(&ctx->search_latency, rag_mono_us() - t0);
+    return rc;
+}
+
+static int search_call(rag_ctx *ctx, const rag_query *query, rag_results **out)
+{
+    if (!query || !out)
         return rag_error_set(RAG_EINVAL, "ctx, query and out are required");
     *out = NULL;
     /* Version-1 queries end before `consistency`: they are eventual. */

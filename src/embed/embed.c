@@ -39,6 +39,7 @@ struct rag_embed {
     uint8_t fp_hash[16];
     uint64_t model_gen;
     _Atomic uint64_t hits, misses;
+    rag_hist provider_latency; /* every rag_embed_texts call of the consumer, failed ones too */
 };
 
 /* ---- little-endian float rows (the codec's convention; a memcpy on LE hosts) ------------- */
@@ -368,9 +369,17 @@ static int embed_handle(void *self, MDB_txn *txn, const rag_queue_message *msg)
             rc = rag_error_set(RAG_ENOMEM, "embed: out of memory for %zu vectors", n_todo);
             goto done;
         }
+        uint64_t t0 = rag_mono_us();
         rc = rag_embed_texts(&em->provider, w.texts, w.lens, n_todo, w.fresh);
-        if (rc)
+        rag_hist_observe_us(&em->provider_latency, rag_mono_us() - t0);
+        if (rc) {
+            /* The detail is the provider's (status, error text), never the chunk texts. */
+            rag_log(RAG_LOG_WARN, "embed", "provider_error",
+                    "provider '%s' failed for %zu text(s) of %s@%llu: %s (%s)", em->fingerprint,
+                    n_todo, w.ev.doc_id, (unsigned long long)w.ev.version, rag_error_last(),
+                    rag_strerror(rc));
             goto done; /* RAG_ETRANSIENT: retried; RAG_EPROVIDER: dead-lettered */
+        }
         /* A NaN or infinity would poison inner products in the index forever: treat it as
          * a permanent provider failure for this document. */
         for (size_t j = 0; j < n_todo * dim; j++)
@@ -495,6 +504,10 @@ fail:
 rag_consumer *rag_embed_consumer(rag_embed *em) { return em ? &em->consumer : NULL; }
 rag_outbox *rag_embed_outbox(rag_embed *em) { return em ? em->outbox : NULL; }
 MDB_env *rag_embed_env(rag_embed *em) { return em ? em->env : NULL; }
+const rag_hist *rag_embed_provider_latency(const rag_embed *em)
+{
+    return em ? &em->provider_latency : NULL;
+}
 uint64_t rag_embed_model_gen(const rag_embed *em) { return em ? em->model_gen : 0; }
 const char *rag_embed_fingerprint(const rag_embed *em) { return em ? em->fingerprint : ""; }
 

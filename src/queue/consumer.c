@@ -14,6 +14,7 @@
  * without effect; the outbox rows committed with the effects are relayed by whoever runs
  * next.  The nested txn lets one message fail without discarding its batch-mates' work.
  */
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,8 +22,16 @@
 #include "rag_queue.h"
 #include "rag_queue_internal.h"
 
-/* OUT_DEAD: acknowledged as dead-lettered (the transport's `term` where it has one). */
-enum { OUT_ACK = 1, OUT_NAK = 2, OUT_DEAD = 3 };
+/* OUT_DEAD: acknowledged as dead-lettered (the transport's `term` where it has one).
+ * OUT_DUP: acknowledged without effect (the inbox knew it); acked like OUT_ACK, counted apart. */
+enum { OUT_ACK = 1, OUT_NAK = 2, OUT_DEAD = 3, OUT_DUP = 4 };
+
+/* Why a message was nak'ed or dead-lettered, kept until the batch's outcome is known: the
+ * log events are emitted only for what was committed. */
+typedef struct msg_note {
+    int code;
+    char reason[256];
+} msg_note;
 
 static const char inbox_name[] = "__inbox", dead_name[] = "__dead";
 
@@ -32,6 +41,11 @@ int rag_consumer_init(rag_consumer *c)
         return rag_error_set(RAG_EINVAL, "consumer: init needs env, topic and handle");
     if (strlen(c->topic) >= RAG_QUEUE_TOPIC_MAX)
         return rag_error_set(RAG_EINVAL, "consumer: topic '%s' too long", c->topic);
+    atomic_store(&c->n_handled, 0);
+    atomic_store(&c->n_retried, 0);
+    atomic_store(&c->n_dead, 0);
+    atomic_store(&c->n_duplicates, 0);
+    atomic_store(&c->relay_failing, 0);
     int rc = rag_dbi_open(c->env, inbox_name, 0, &c->inbox_dbi);
     if (!rc)
         rc = rag_dbi_open(c->env, dead_name, 0, &c->dead_dbi);
@@ -89,12 +103,12 @@ static int dead_letter(rag_consumer *c, MDB_txn *parent, const rag_queue_message
 /* Outcome of one message inside the batch txn: OUT_ACK (applied or duplicate), OUT_DEAD
  * (dead-lettered) or OUT_NAK (retry later).  A nonzero return is fatal for the whole batch. */
 static int process_one(rag_consumer *c, MDB_txn *batch, const rag_queue_policy *p,
-                       const rag_queue_message *m, int *outcome)
+                       const rag_queue_message *m, int *outcome, msg_note *note)
 {
     MDB_val k = {strlen(m->id), (void *)m->id}, v;
     int mrc = mdb_get(batch, c->inbox_dbi, &k, &v);
     if (mrc == 0) {
-        *outcome = OUT_ACK; /* applied before (redelivery): acknowledge, apply nothing */
+        *outcome = OUT_DUP; /* applied before (redelivery): acknowledge, apply nothing */
         return RAG_OK;
     }
     if (mrc != MDB_NOTFOUND)
@@ -108,6 +122,8 @@ static int process_one(rag_consumer *c, MDB_txn *batch, const rag_queue_policy *
                  m->attempts, p->max_attempts);
         int drc = dead_letter(c, batch, m, RAG_ETRANSIENT, reason);
         *outcome = drc ? OUT_NAK : OUT_DEAD;
+        note->code = RAG_ETRANSIENT;
+        snprintf(note->reason, sizeof note->reason, "%s", reason);
         return RAG_OK;
     }
 
@@ -141,6 +157,8 @@ static int process_one(rag_consumer *c, MDB_txn *batch, const rag_queue_policy *
     snprintf(reason, sizeof reason, "%s", *detail ? detail : rag_strerror(hrc));
     if (txn)
         mdb_txn_abort(txn);
+    note->code = hrc;
+    snprintf(note->reason, sizeof note->reason, "%s", reason);
 
     if (hrc == RAG_ETRANSIENT && m->attempts < p->max_attempts) {
         *outcome = OUT_NAK;
@@ -151,6 +169,55 @@ static int process_one(rag_consumer *c, MDB_txn *batch, const rag_queue_policy *
      * it comes back after a backoff and is dead-lettered then. */
     *outcome = drc ? OUT_NAK : OUT_DEAD;
     return RAG_OK;
+}
+
+/* A failed relay is logged once, when the outbox starts failing, and its recovery once:
+ * workers retry every idle poll, and an unreachable broker must not flood the log. */
+static void relay_note(rag_consumer *c, int rc)
+{
+    if (rc) {
+        if (!atomic_exchange(&c->relay_failing, 1))
+            rag_log(RAG_LOG_WARN, c->module, "relay_failed",
+                    "outbox relay failed (rows stay in the outbox and are sent again): %s (%s)",
+                    rag_error_last(), rag_strerror(rc));
+    } else if (atomic_exchange(&c->relay_failing, 0)) {
+        rag_log(RAG_LOG_INFO, c->module, "relay_recovered", "outbox relay works again");
+    }
+}
+
+/* Outcome counters and log events of a committed batch. */
+static void batch_report(rag_consumer *c, const rag_queue_policy *p,
+                         const rag_queue_message *msgs, const int *outcome,
+                         const msg_note *notes, size_t n)
+{
+    uint64_t handled = 0, retried = 0, dead = 0, dup = 0;
+    for (size_t i = 0; i < n; i++) {
+        const rag_queue_message *m = &msgs[i];
+        switch (outcome[i]) {
+        case OUT_ACK: handled++; break;
+        case OUT_DUP: dup++; break;
+        case OUT_DEAD:
+            dead++;
+            rag_log(RAG_LOG_WARN, c->module, "dead_letter",
+                    "message %s of topic %s dead-lettered after %u attempt(s): code %s (%d): %s",
+                    m->id, m->topic, m->attempts, rag_strerror(notes[i].code), notes[i].code,
+                    notes[i].reason);
+            break;
+        case OUT_NAK:
+            retried++;
+            if (rag_log_enabled(RAG_LOG_DEBUG))
+                rag_log(RAG_LOG_DEBUG, c->module, "retry",
+                        "message %s of topic %s: attempt %u of %u failed (%s), retried later: %s",
+                        m->id, m->topic, m->attempts, p->max_attempts,
+                        rag_strerror(notes[i].code), notes[i].reason);
+            break;
+        default: break;
+        }
+    }
+    atomic_fetch_add(&c->n_handled, handled);
+    atomic_fetch_add(&c->n_retried, retried);
+    atomic_fetch_add(&c->n_dead, dead);
+    atomic_fetch_add(&c->n_duplicates, dup);
 }
 
 static void nak_all(const rag_queue_transport *t, const rag_queue_policy *p,
@@ -178,10 +245,19 @@ int rag_consumer_run_once(rag_consumer *c, const rag_queue_transport *t,
         free(outcome);
         return rag_error_set(RAG_ENOMEM, "consumer: batch of %zu", max);
     }
+    msg_note *notes = NULL;
     size_t n = 0;
     int rc = t->fetch(t->state, c->topic, max, p->lease_ms, msgs, &n);
     if (rc || n == 0)
         goto out;
+    /* allocated only for a non-empty batch: idle polls stay cheap */
+    notes = calloc(n, sizeof *notes);
+    if (!notes) {
+        rc = rag_error_set(RAG_ENOMEM, "consumer: notes of a batch of %zu", n);
+        nak_all(t, p, msgs, n);
+        atomic_fetch_add(&c->n_retried, (uint64_t)n);
+        goto out_release;
+    }
 
     MDB_txn *txn;
     int mrc = mdb_txn_begin(c->env, NULL, 0, &txn);
@@ -201,7 +277,7 @@ int rag_consumer_run_once(rag_consumer *c, const rag_queue_transport *t,
             t->progress(t->state, msgs + i, n - i);
             lease_mark = rag_mono_ms() + p->lease_ms / 2;
         }
-        rc = process_one(c, txn, p, &msgs[i], &outcome[i]);
+        rc = process_one(c, txn, p, &msgs[i], &outcome[i], &notes[i]);
     }
     if (!rc) {
         mrc = rag_txn_commit(txn);
@@ -217,6 +293,10 @@ int rag_consumer_run_once(rag_consumer *c, const rag_queue_transport *t,
         if (c->end_batch)
             c->end_batch(c->self, 0);
         nak_all(t, p, msgs, n);
+        atomic_fetch_add(&c->n_retried, (uint64_t)n);
+        rag_log(RAG_LOG_WARN, c->module, "batch_failed",
+                "batch of %zu message(s) of topic %s not applied, retried later: %s (%s)", n,
+                c->topic, saved, rag_strerror(rc));
         rag_error_set(rc, "%s", saved);
         goto out_release;
     }
@@ -225,12 +305,14 @@ int rag_consumer_run_once(rag_consumer *c, const rag_queue_transport *t,
     if (c->outbox) {
         /* Not fatal: the rows are committed and the next relay (ours or another's) moves them. */
         size_t moved;
-        (void)rag_outbox_relay(c->outbox, t, 0, &moved);
+        relay_note(c, rag_outbox_relay(c->outbox, t, 0, &moved));
         rag_error_clear();
     }
+    batch_report(c, p, msgs, outcome, notes, n);
     size_t nd = 0;
     for (size_t i = 0; i < n; i++)
-        if (outcome[i] == OUT_ACK || (outcome[i] == OUT_DEAD && !(t->version >= 2 && t->term)))
+        if (outcome[i] == OUT_ACK || outcome[i] == OUT_DUP ||
+            (outcome[i] == OUT_DEAD && !(t->version >= 2 && t->term)))
             done[nd++] = msgs[i];
     /* An ack that fails leaves the leases to expire: the redeliveries hit the inbox. */
     rc = t->ack(t->state, done, nd);
@@ -254,6 +336,7 @@ out_release:
     if (t->release)
         t->release(t->state, msgs, n);
 out:
+    free(notes);
     free(msgs);
     free(done);
     free(outcome);

@@ -32,6 +32,9 @@
 extern "C" {
 #endif
 
+/** @def RAG_EMBED_CUDA_API
+ * Symbol visibility of the CUDA provider's functions (the provider is built without
+ * ragcore/common.h, so it has its own copy of ::RAG_API). */
 #if defined(_WIN32)
 #define RAG_EMBED_CUDA_API
 #elif defined(__GNUC__)
@@ -40,6 +43,7 @@ extern "C" {
 #define RAG_EMBED_CUDA_API
 #endif
 
+/** Current version of ::rag_embed_cuda_options (put it in its `version` field). */
 #define RAG_EMBED_CUDA_OPTIONS_VERSION 1u
 
 /** Options of rag_embed_cuda_init(); a zero field means the default in brackets. */
@@ -51,6 +55,7 @@ typedef struct rag_embed_cuda_options {
     unsigned int host_threads; /**< featurizing threads, 1..256 [online CPUs] */
 } rag_embed_cuda_options;
 
+/** Static initialiser of ::rag_embed_cuda_options: current version, every field default. */
 #define RAG_EMBED_CUDA_OPTIONS_INIT {RAG_EMBED_CUDA_OPTIONS_VERSION, 0, 0u, 0u, 0u}
 
 /** Where the time of the provider's calls went, summed since init (seconds). */
@@ -64,6 +69,10 @@ typedef struct rag_embed_cuda_stats {
     unsigned long long terms;  /**< terms gathered */
     unsigned long long bytes_up, bytes_down; /**< bytes copied each way */
 } rag_embed_cuda_stats;
+/** @var rag_embed_cuda_stats::bytes_up
+ *  Bytes copied host -> device (terms, weights and, once, the table). */
+/** @var rag_embed_cuda_stats::bytes_down
+ *  Bytes copied device -> host (the vectors). */
 
 /**
  * Build a CUDA provider from `source`.

@@ -63,12 +63,12 @@ extern "C" {
 
 /** Return codes a provider uses; equal to ragcore's RAG_E* codes of the same name. */
 #define RAG_EMBED_OK 0
-#define RAG_EMBED_ENOMEM (-2)
-#define RAG_EMBED_EINVAL (-3)
-#define RAG_EMBED_ETOOBIG (-11)
-#define RAG_EMBED_EUNSUPPORTED (-12)
-#define RAG_EMBED_EPROVIDER (-15)
-#define RAG_EMBED_ETRANSIENT (-18)
+#define RAG_EMBED_ENOMEM (-2)           /**< out of memory (RAG_ENOMEM) */
+#define RAG_EMBED_EINVAL (-3)           /**< invalid argument or input (RAG_EINVAL) */
+#define RAG_EMBED_ETOOBIG (-11)         /**< a buffer or input is too large (RAG_ETOOBIG) */
+#define RAG_EMBED_EUNSUPPORTED (-12)    /**< not supported by this provider or build (RAG_EUNSUPPORTED) */
+#define RAG_EMBED_EPROVIDER (-15)       /**< permanent failure: never retried (RAG_EPROVIDER) */
+#define RAG_EMBED_ETRANSIENT (-18)      /**< temporary failure: retried later (RAG_ETRANSIENT) */
 
 /** Provider flag: calls to `embed` must not overlap; ragcore takes a lock around them. */
 #define RAG_EMBED_SINGLE_THREADED 0x1u
@@ -99,8 +99,8 @@ typedef struct rag_embed_bag {
     /** Passed back to `featurize`. */
     void *featurize_state;
     /**
-     * Turn `n` texts into terms: text i owns `index[offsets[i] .. offsets[i+1])` and the
-     * same range of `weight` (offsets[0] = 0).  Thread-safe: several threads may featurize
+     * Turn `n` texts into terms: text i owns the entries of `index` from `offsets[i]` up to
+     * (excluding) `offsets[i+1]`, and the same range of `weight` (`offsets[0]` = 0).  Thread-safe: several threads may featurize
      * disjoint batches at once.
      * @param cap      capacity of `index` and `weight`, in terms.
      * @param offsets  `n + 1` entries, written on success.

@@ -29,6 +29,7 @@
 extern "C" {
 #endif
 
+/** Current transport vtable version (number of the newest slot set). */
 #define RAG_QUEUE_TRANSPORT_VERSION 2u
 
 /** Longest message id, including NUL. */
@@ -44,7 +45,7 @@ typedef struct rag_queue_message {
     char id[RAG_QUEUE_MSGID_MAX];
     /** Payload bytes.  On delivery owned by the transport until `release`. */
     const void *data;
-    size_t size;
+    size_t size;       /**< payload length in bytes */
     /** On delivery: how many times this message has been delivered, this time included (>=1). */
     uint32_t attempts;
     /** On delivery: transport-private handle identifying this delivery for ack/nak. */
@@ -58,8 +59,16 @@ typedef struct rag_queue_depth {
     uint64_t inflight; /**< leased to a consumer, not yet acknowledged */
 } rag_queue_depth;
 
+/**
+ * Queue transport vtable (version 2).  Required slots: `publish`, `fetch`, `ack`, `nak`,
+ * `release`, `depth`.  Optional (NULL when unused): `wait`, `wake_all`, `free`, and in
+ * version 2 `term` and `progress`.  Every slot returns 0 or a negative RAG_E* code
+ * (RAG_ETRANSIENT for a failure worth retrying).
+ */
 typedef struct rag_queue_transport {
+    /** Must be ::RAG_QUEUE_TRANSPORT_VERSION (or an older supported version). */
     unsigned int version;
+    /** Opaque transport state passed back to every slot; owned by ragcore after rag_open(). */
     void *state;
     /**
      * Publish `n` messages.  Returns 0 only once every message is durable in the transport;
@@ -106,6 +115,7 @@ typedef struct rag_queue_transport {
     int (*progress)(void *state, const rag_queue_message *msgs, size_t n);
 } rag_queue_transport;
 
+/** Static initialiser: `rag_queue_transport t = RAG_QUEUE_TRANSPORT_INIT;` */
 #define RAG_QUEUE_TRANSPORT_INIT \
     {RAG_QUEUE_TRANSPORT_VERSION, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, \
      NULL, NULL}

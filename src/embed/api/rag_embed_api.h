@@ -25,6 +25,8 @@ MDB_env *rag_embed_env(rag_embed *em);
  * doc.embedded. */
 uint64_t rag_embed_model_gen(const rag_embed *em);
 const char *rag_embed_fingerprint(const rag_embed *em);
+/* Latency of the consumer's provider calls (rag_embed_texts) since open; NULL without `em`. */
+const rag_hist *rag_embed_provider_latency(const rag_embed *em);
 
 typedef struct rag_embed_stats {
     uint64_t cache_entries;

@@ -82,6 +82,11 @@ typedef struct rag_consumer {
     void (*end_batch)(void *self, int committed);                       /* optional */
     /* internal, set by rag_consumer_init(): */
     MDB_dbi inbox_dbi, dead_dbi;
+    /* Counters since rag_consumer_init() (metrics), updated once a batch's outcome is known:
+     * handled = applied (acked), retried = nak'ed for a later delivery (a failed batch counts
+     * each of its messages), dead = dead-lettered, duplicates = skipped by the inbox. */
+    _Atomic uint64_t n_handled, n_retried, n_dead, n_duplicates;
+    _Atomic int relay_failing; /* 1 after a failed relay was logged, until one succeeds */
 } rag_consumer;
 
 /* Open the consumer's "__inbox" and "__dead" tables in c->env. */
