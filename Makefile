@@ -5,6 +5,7 @@
 #   make demo      build, then ingest the Python docs and ask questions (scripts/demo.sh)
 #   make test      the whole suite: build/ and build-asan/ (ASan+UBSan), both through CTest
 #   make bench     build, then run the benchmarks (target bench_run) when they exist
+#   make docs      API reference from the header comments (Doxygen) into build/doxygen/html
 #   make install   cmake --install build --prefix $(PREFIX)   (PREFIX=/usr/local)
 #   make clean     remove build/ and build-asan/ (distclean also removes demo-data/)
 
@@ -12,7 +13,7 @@ PREFIX ?= /usr/local
 BUILD_DIR ?= build
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: all deps build demo test bench install clean distclean
+.PHONY: all deps build demo test bench docs install clean distclean
 
 all: build
 
@@ -35,6 +36,12 @@ bench: build
 	else \
 		echo "bench: no bench_run target in $(BUILD_DIR) (no benchmarks under bench/ yet, or RAG_BUILD_BENCH=OFF)"; \
 	fi
+
+docs:
+	@command -v doxygen >/dev/null || { echo "docs: doxygen not installed (make deps)"; exit 1; }
+	mkdir -p $(BUILD_DIR)
+	BUILD=$(BUILD_DIR) doxygen Doxyfile
+	@echo "API reference: $(BUILD_DIR)/doxygen/html/index.html"
 
 install:
 	@test -f $(BUILD_DIR)/CMakeCache.txt || { echo "install: run 'make build' first"; exit 1; }

@@ -23,6 +23,7 @@ set -euo pipefail
 #   python3 python3.11-doc                 demo corpus (/usr/share/doc/python3.11/html)
 #   doxygen                                API reference from the header comments; the
 #                                          build_docs test fails on undocumented items
+#   abigail-tools                          abidiff: the build_abi test against the last release
 PACKAGES=(
   build-essential cmake pkg-config
   liblmdb-dev libutf8proc-dev libxml2-dev libxxhash-dev libjansson-dev libmd4c-dev
@@ -31,7 +32,7 @@ PACKAGES=(
   libcmocka-dev
   clang libclang-rt-14-dev libomp-dev
   python3 python3.11-doc
-  doxygen
+  doxygen abigail-tools
 )
 
 die() {
