@@ -58,24 +58,46 @@ static int ns_find_binary(char *out, size_t len)
     return -1;
 }
 
-/* A port nobody listens on now (the kernel's pick; a tiny race with other processes). */
+/* A port nobody listens on now.  Drawn at random from 20000..29999, below the kernel's
+ * ephemeral range (32768..60999): tests run in parallel, and a test whose server is down for
+ * an outage keeps its port for the restart -- a port the kernel hands out for "port 0" could
+ * go to another test's server in between, and the two tests would share a broker. */
 static int ns_free_port(void)
 {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0)
-        return -1;
-    struct sockaddr_in a;
-    memset(&a, 0, sizeof a);
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    a.sin_port = 0;
-    socklen_t al = sizeof a;
-    int port = -1;
-    if (bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
-        getsockname(fd, (struct sockaddr *)&a, &al) == 0)
-        port = ntohs(a.sin_port);
-    close(fd);
-    return port;
+    static unsigned int seed;
+    if (!seed)
+        seed = (unsigned int)getpid() ^ (unsigned int)ns_mono_ms();
+    for (int tries = 0; tries < 200; tries++) {
+        int port = 20000 + (int)(rand_r(&seed) % 10000u);
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        if (fd < 0)
+            return -1;
+        struct sockaddr_in a;
+        memset(&a, 0, sizeof a);
+        a.sin_family = AF_INET;
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        a.sin_port = htons((unsigned short)port);
+        int ok = bind(fd, (struct sockaddr *)&a, sizeof a) == 0;
+        close(fd);
+        if (ok)
+            return port;
+    }
+    return -1;
+}
+
+/* Occurrences of "Server is ready" in our server's log (each start writes one). */
+static int ns_ready_lines(const rag_nats_server *s)
+{
+    FILE *f = fopen(s->log_path, "r");
+    if (!f)
+        return 0;
+    char line[1024];
+    int n = 0;
+    while (fgets(line, sizeof line, f))
+        if (strstr(line, "Server is ready"))
+            n++;
+    fclose(f);
+    return n;
 }
 
 static int ns_can_connect(int port)
@@ -95,6 +117,7 @@ static int ns_can_connect(int port)
 
 static int ns_spawn(rag_nats_server *s)
 {
+    const int ready_before = ns_ready_lines(s);
     char port[16];
     snprintf(port, sizeof port, "%d", s->port);
     pid_t pid = fork();
@@ -131,7 +154,9 @@ static int ns_spawn(rag_nats_server *s)
             s->pid = 0;
             return -1; /* exited: port taken, bad store dir... (see log_path) */
         }
-        if (ns_can_connect(s->port))
+        /* Ours only once OUR server logged that it is ready: a connect alone could reach
+         * another test's server on the same port while ours fails to bind. */
+        if (ns_ready_lines(s) > ready_before && ns_can_connect(s->port))
             return 0;
         ns_sleep_ms(10);
     }
