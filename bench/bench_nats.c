@@ -32,7 +32,6 @@
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
-#include <jansson.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,6 +43,7 @@
 #include <unistd.h>
 
 #include "ragcore/ragcore.h"
+#include "bench_docs.h"
 #include "nats_server.h"
 
 #ifndef RAG_BENCH_SOURCE_DIR
@@ -57,9 +57,6 @@
 #define MAX_WORKERS 4
 #define HOST_PRIMARY (RAG_HOST_INGEST | RAG_HOST_INDEX | RAG_HOST_RETRIEVE)
 
-typedef struct doc {
-    char *id, *title, *text;
-} doc;
 
 static double now_s(void)
 {
@@ -74,44 +71,6 @@ static void sleep_ms(unsigned ms)
     nanosleep(&ts, NULL);
 }
 
-static int load_docs(const char *path, size_t limit, doc **out, size_t *n_out)
-{
-    FILE *f = fopen(path, "r");
-    if (!f) {
-        fprintf(stderr, "bench_nats: cannot open %s\n", path);
-        return -1;
-    }
-    size_t n = 0, cap = 0;
-    doc *docs = NULL;
-    char *line = NULL;
-    size_t lcap = 0;
-    ssize_t len;
-    while ((!limit || n < limit) && (len = getline(&line, &lcap, f)) > 0) {
-        json_error_t err;
-        json_t *o = json_loadb(line, (size_t)len, 0, &err);
-        if (!o)
-            continue;
-        const char *id = json_string_value(json_object_get(o, "id"));
-        const char *title = json_string_value(json_object_get(o, "title"));
-        const char *text = json_string_value(json_object_get(o, "text"));
-        if (id && text && *text) {
-            if (n == cap) {
-                cap = cap ? cap * 2 : 1024;
-                docs = realloc(docs, cap * sizeof *docs);
-            }
-            docs[n].id = strdup(id);
-            docs[n].title = strdup(title ? title : "");
-            docs[n].text = strdup(text);
-            n++;
-        }
-        json_decref(o);
-    }
-    free(line);
-    fclose(f);
-    *out = docs;
-    *n_out = n;
-    return n ? 0 : -1;
-}
 
 /* ---- processes -------------------------------------------------------------------------- */
 
@@ -277,7 +236,7 @@ typedef struct ingest_fig {
     int complete;
 } ingest_fig;
 
-static int run_ingest(config *c, const doc *docs, size_t n, ingest_fig *f)
+static int run_ingest(config *c, const bench_doc *docs, size_t n, ingest_fig *f)
 {
     memset(f, 0, sizeof *f);
     rag_doc *rd = calloc(BATCH, sizeof *rd);
@@ -344,7 +303,7 @@ static double pct(const double *sorted, size_t n, double p)
 
 /* `updates` new versions of one document (plus 10 not measured); each time the put, a
  * session search for its marker until it returns the new version, and a drain. */
-static int run_latency(config *c, const doc *base, size_t updates, lat_fig *f)
+static int run_latency(config *c, const bench_doc *base, size_t updates, lat_fig *f)
 {
     memset(f, 0, sizeof *f);
     double *vis = calloc(updates, sizeof *vis), *set = calloc(updates, sizeof *set);
@@ -457,9 +416,9 @@ int main(int argc, char **argv)
         data_dir = def;
     }
     snprintf(path, sizeof path, "%s/scifact/docs.jsonl", data_dir);
-    doc *docs = NULL;
+    bench_doc *docs = NULL;
     size_t n = 0;
-    if (load_docs(path, limit, &docs, &n))
+    if (bench_docs_load("bench_nats", path, limit, &docs, &n))
         return 1;
     const char *bin = getenv("RAG_BIN");
     snprintf(g_rag_bin, sizeof g_rag_bin, "%s", bin && *bin ? bin : RAG_BENCH_BINARY_DIR "/rag");
@@ -578,11 +537,6 @@ int main(int argc, char **argv)
     if (g_have_nats)
         rag_nats_server_cleanup(&g_srv);
     rmtree(work);
-    for (size_t i = 0; i < n; i++) {
-        free(docs[i].id);
-        free(docs[i].title);
-        free(docs[i].text);
-    }
-    free(docs);
+    bench_docs_free(docs, n);
     return 0;
 }

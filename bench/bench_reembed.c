@@ -12,67 +12,25 @@
  *   bench_reembed [DATA_DIR]   (DATA_DIR: the folder holding scifact/; default
  *                               $RAG_SHARED_DATA, else <source>/../shared/data)
  */
-#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "bench_docs.h"
 #include "ragcore/ragcore.h"
 
 #ifndef RAG_BENCH_SOURCE_DIR
 #define RAG_BENCH_SOURCE_DIR "."
 #endif
 
-typedef struct doc {
-    char *id, *title, *text;
-} doc;
 
 static double now_s(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static int load_docs(const char *path, doc **out, size_t *n_out)
-{
-    FILE *f = fopen(path, "r");
-    if (!f) {
-        fprintf(stderr, "bench_reembed: cannot open %s\n", path);
-        return -1;
-    }
-    size_t n = 0, cap = 0;
-    doc *docs = NULL;
-    char *line = NULL;
-    size_t lcap = 0;
-    ssize_t len;
-    while ((len = getline(&line, &lcap, f)) > 0) {
-        json_error_t err;
-        json_t *o = json_loadb(line, (size_t)len, 0, &err);
-        if (!o)
-            continue;
-        const char *id = json_string_value(json_object_get(o, "id"));
-        const char *title = json_string_value(json_object_get(o, "title"));
-        const char *text = json_string_value(json_object_get(o, "text"));
-        if (id && text && *text) {
-            if (n == cap) {
-                cap = cap ? cap * 2 : 1024;
-                docs = realloc(docs, cap * sizeof *docs);
-            }
-            docs[n].id = strdup(id);
-            docs[n].title = strdup(title ? title : "");
-            docs[n].text = strdup(text);
-            n++;
-        }
-        json_decref(o);
-    }
-    free(line);
-    fclose(f);
-    *out = docs;
-    *n_out = n;
-    return n ? 0 : -1;
 }
 
 static int open_root(const char *root, unsigned int dim, int reembed, rag_ctx **ctx)
@@ -105,9 +63,9 @@ int main(int argc, char **argv)
         data_dir = def;
     }
     snprintf(path, sizeof path, "%s/scifact/docs.jsonl", data_dir);
-    doc *docs = NULL;
+    bench_doc *docs = NULL;
     size_t n = 0;
-    if (load_docs(path, &docs, &n))
+    if (bench_docs_load("bench_reembed", path, 0, &docs, &n))
         return 1;
     char root[] = "/tmp/bench_reembed_XXXXXX";
     if (!mkdtemp(root)) {
@@ -237,12 +195,7 @@ int main(int argc, char **argv)
     fprintf(stderr, "%-36s %9.0f texts/s (%.2f s)\n", "provider alone, 1 thread", n / provider_s,
             provider_s);
 
-    for (size_t i = 0; i < n; i++) {
-        free(docs[i].id);
-        free(docs[i].title);
-        free(docs[i].text);
-    }
-    free(docs);
+    bench_docs_free(docs, n);
     free(rd);
     free(res);
     char cmd[128];

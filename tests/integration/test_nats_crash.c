@@ -602,20 +602,7 @@ static int group_setup(void **state)
         fprintf(stderr, "cannot start nats-server (log: %s)\n", g_srv.log_path);
         return -1;
     }
-    const char *bd = getenv("RAG_BUILD_DIR");
-    if (bd && *bd) {
-        snprintf(g_rag_bin, sizeof g_rag_bin, "%s/rag", bd);
-    } else { /* run by hand: <build>/tests/<this> */
-        snprintf(g_rag_bin, sizeof g_rag_bin, "%s", g_self);
-        char *slash = strrchr(g_rag_bin, '/');
-        if (slash)
-            snprintf(slash, sizeof g_rag_bin - (size_t)(slash - g_rag_bin), "/../rag");
-    }
-    if (access(g_rag_bin, X_OK) != 0) {
-        fprintf(stderr, "no rag binary at %s (set RAG_BUILD_DIR)\n", g_rag_bin);
-        return -1;
-    }
-    return 0;
+    return rag_nats_rag_binary(g_rag_bin, sizeof g_rag_bin, g_self);
 }
 
 static int group_teardown(void **state)

@@ -252,3 +252,21 @@ void rag_nats_server_cleanup(rag_nats_server *s)
         remove(s->log_path);
     }
 }
+
+int rag_nats_rag_binary(char *out, size_t size, const char *self_exe)
+{
+    const char *bd = getenv("RAG_BUILD_DIR");
+    if (bd && *bd) {
+        snprintf(out, size, "%s/rag", bd);
+    } else { /* run by hand: <build>/tests/<test> */
+        snprintf(out, size, "%s", self_exe);
+        char *slash = strrchr(out, '/');
+        if (slash)
+            snprintf(slash, size - (size_t)(slash - out), "/../rag");
+    }
+    if (access(out, X_OK) != 0) {
+        fprintf(stderr, "no rag binary at %s (set RAG_BUILD_DIR)\n", out);
+        return -1;
+    }
+    return 0;
+}

@@ -38,4 +38,9 @@ int rag_nats_server_restart(rag_nats_server *s);
 /* Stop it if running and remove a store dir that start() created. */
 void rag_nats_server_cleanup(rag_nats_server *s);
 
+/* The `rag` tool of this build: $RAG_BUILD_DIR/rag, else <dir of self_exe>/../rag (a test
+ * run by hand from <build>/tests).  Returns 0 when it is executable, -1 (message on stderr)
+ * otherwise. */
+int rag_nats_rag_binary(char *out, size_t size, const char *self_exe);
+
 #endif
