@@ -80,6 +80,30 @@ static double now_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+/* Where the value of a global option that takes a plain string goes (NULL: not one of them). */
+static const char **string_option(cli *c, const char *flag)
+{
+    const struct {
+        const char *flag;
+        const char **dst;
+    } opts[] = {
+        {"--transport", &c->transport},
+        {"--transport-creds", &c->nats.creds_file},
+        {"--transport-ca", &c->nats.tls_ca_file},
+        {"--transport-cert", &c->nats.tls_cert_file},
+        {"--transport-key", &c->nats.tls_key_file},
+        {"--transport-prefix", &c->nats.prefix},
+        {"--provider", &c->provider},
+        {"--remote-url", &c->remote.base_url},
+        {"--remote-model", &c->remote.model},
+        {"--remote-key-env", &c->remote.api_key_env},
+    };
+    for (size_t i = 0; i < sizeof opts / sizeof opts[0]; i++)
+        if (!strcmp(flag, opts[i].flag))
+            return opts[i].dst;
+    return NULL;
+}
+
 /* "embed,ingest,..." -> RAG_HOST_* bits. */
 static int parse_modules(const char *list, unsigned int *out)
 {
@@ -1598,24 +1622,9 @@ int main(int argc, char **argv)
             rag_log_set(log_to_stderr, NULL, level);
         } else if (!strcmp(a, "--reembed")) {
             c.opts.reembed = 1;
-        } else if (!strcmp(a, "--transport")) {
+        } else if (string_option(&c, a)) {
             NEED_ARG();
-            c.transport = next;
-        } else if (!strcmp(a, "--transport-creds")) {
-            NEED_ARG();
-            c.nats.creds_file = next;
-        } else if (!strcmp(a, "--transport-ca")) {
-            NEED_ARG();
-            c.nats.tls_ca_file = next;
-        } else if (!strcmp(a, "--transport-cert")) {
-            NEED_ARG();
-            c.nats.tls_cert_file = next;
-        } else if (!strcmp(a, "--transport-key")) {
-            NEED_ARG();
-            c.nats.tls_key_file = next;
-        } else if (!strcmp(a, "--transport-prefix")) {
-            NEED_ARG();
-            c.nats.prefix = next;
+            *string_option(&c, a) = next;
         } else if (!strcmp(a, "--transport-ack-wait")) {
             NEED_ARG();
             size_t v = 0;
@@ -1633,18 +1642,6 @@ int main(int argc, char **argv)
                 free(args);
                 return 2;
             }
-        } else if (!strcmp(a, "--provider")) {
-            NEED_ARG();
-            c.provider = next;
-        } else if (!strcmp(a, "--remote-url")) {
-            NEED_ARG();
-            c.remote.base_url = next;
-        } else if (!strcmp(a, "--remote-model")) {
-            NEED_ARG();
-            c.remote.model = next;
-        } else if (!strcmp(a, "--remote-key-env")) {
-            NEED_ARG();
-            c.remote.api_key_env = next;
         } else if (!strcmp(a, "--dim") || !strcmp(a, "--remote-dim") ||
                    !strcmp(a, "--remote-batch")) {
             NEED_ARG();
