@@ -1,9 +1,10 @@
 #!/bin/sh
 # `rag --version`, rag_version_string(), rag_version_number(), the project version in
 # CMakeLists.txt and CHANGELOG.md agree.
-#   check_version.sh SOURCE_DIR RAG_BINARY C_COMPILER BUILD_DIR
+#   check_version.sh SOURCE_DIR RAG_BINARY C_COMPILER BUILD_DIR [EXTRA_CFLAGS]
+# (EXTRA_CFLAGS: the sanitizer flags of a sanitized librag, which a program linking it needs.)
 set -eu
-src=$1 rag=$2 cc=$3 build=$4
+src=$1 rag=$2 cc=$3 build=$4 extra=${5:-}
 project=$(sed -n 's/^project(ragcore VERSION \([0-9.]*\).*/\1/p' "$src/CMakeLists.txt")
 out=$("$rag" --version)
 echo "rag --version: $out"
@@ -21,7 +22,8 @@ int main(void)
     return 0;
 }
 C
-"$cc" -std=c11 -I"$src/include" "$tmp/v.c" -o "$tmp/v" -L"$build" -lrag -Wl,-rpath,"$build"
+# shellcheck disable=SC2086  # $extra holds several flags
+"$cc" -std=c11 $extra -I"$src/include" "$tmp/v.c" -o "$tmp/v" -L"$build" -lrag -Wl,-rpath,"$build"
 set -- $("$tmp/v")
 echo "library: number $1 string $2; header: number $3 string $4"
 major=${project%%.*} rest=${project#*.} minor=${rest%%.*} patch=${rest#*.}
