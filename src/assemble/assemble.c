@@ -136,7 +136,7 @@ int rag_assembler_open(rag_assembler **out, const rag_config *cfg)
     if (!rc)
         rc = init_env(as);
     if (rc) {
-        mdb_env_close(as->env);
+        rag_env_close(as->env);
         free(as);
         return rc;
     }
@@ -148,7 +148,7 @@ void rag_assembler_close(rag_assembler *as)
 {
     if (!as)
         return;
-    mdb_env_close(as->env);
+    rag_env_close(as->env);
     free(as);
 }
 

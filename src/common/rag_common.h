@@ -61,8 +61,15 @@ int rag_config_init(rag_config *cfg, const char *root, const rag_options *opts);
 
 /* Create `<root>/<module>/` and open an LMDB env there (MDB_NOTLS; MDB_NOSYNC if no_sync). */
 int rag_env_open(MDB_env **out, const rag_config *cfg, const char *module, unsigned int max_dbs);
+/* Close an env of rag_env_open() (NULL allowed). */
+void rag_env_close(MDB_env *env);
 /* Open (create) a named database in a write txn of its own and commit. */
 int rag_dbi_open(MDB_env *env, const char *name, unsigned int flags, MDB_dbi *out);
+/* Unmap the env's pages from this process (they stay in the page cache): at most every
+ * RAG_ENV_TRIM_MS per env, after commits (rag_txn_commit does it).  `force` ignores the
+ * interval.  See util.c for why. */
+#define RAG_ENV_TRIM_MS 100u
+void rag_env_trim(MDB_env *env, int force);
 
 /* ---- binary codec (little-endian values; big-endian helpers for ordered keys) ---------- */
 

@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <malloc.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -16,6 +18,38 @@
 #include "rag_text.h"
 
 /* ---- LMDB ------------------------------------------------------------------------------- */
+
+/* Per-env state kept in LMDB's user context. */
+typedef struct env_state {
+    _Atomic uint64_t last_trim_ms;
+    void *map;       /* LMDB's map of data.mdb (NULL: unknown, never trimmed) */
+    size_t map_size;
+} env_state;
+
+/* LMDB does not tell where it mapped the data file (mdb_env_info's me_mapaddr is only set
+ * with MDB_FIXEDMAP), so look it up among this process's mappings: the one of `file` (an
+ * absolute path) that is `size` bytes long. */
+static void *find_map(const char *file, size_t size)
+{
+    FILE *f = fopen("/proc/self/maps", "re");
+    if (!f)
+        return NULL;
+    char line[RAG_PATH_MAX + 256];
+    void *found = NULL;
+    size_t flen = strlen(file);
+    while (!found && fgets(line, sizeof line, f)) {
+        size_t n = strlen(line);
+        if (n && line[n - 1] == '\n')
+            line[--n] = 0;
+        if (n < flen || strcmp(line + n - flen, file) != 0 || (n > flen && line[n - flen - 1] != ' '))
+            continue;
+        unsigned long lo, hi;
+        if (sscanf(line, "%lx-%lx", &lo, &hi) == 2 && hi - lo == size)
+            found = (void *)lo;
+    }
+    fclose(f);
+    return found;
+}
 
 int rag_env_open(MDB_env **out, const rag_config *cfg, const char *module, unsigned int max_dbs)
 {
@@ -39,8 +73,63 @@ int rag_env_open(MDB_env **out, const rag_config *cfg, const char *module, unsig
         return rag_error_set(rc, "cannot open %s environment at %s: %s", module, path,
                              mdb_strerror(mrc));
     }
+    env_state *st = calloc(1, sizeof *st); /* optional: without it the env is never trimmed */
+    if (st) {
+        char file[RAG_PATH_MAX + 80], *abs;
+        snprintf(file, sizeof file, "%s/data.mdb", path);
+        MDB_envinfo info;
+        if ((abs = realpath(file, NULL)) != NULL && mdb_env_info(env, &info) == 0) {
+            st->map = find_map(abs, info.me_mapsize);
+            st->map_size = info.me_mapsize;
+        }
+        free(abs);
+        mdb_env_set_userctx(env, st);
+    }
     *out = env;
     return RAG_OK;
+}
+
+void rag_env_close(MDB_env *env)
+{
+    if (!env)
+        return;
+    env_state *st = mdb_env_get_userctx(env);
+    mdb_env_close(env);
+    free(st);
+}
+
+/* LMDB reads through a shared read-only map of the data file, so every page a lookup,
+ * a copy-on-write or a relay touched stays mapped and counts in the process's RSS, though
+ * it is only page cache: after a bulk load every page of every env file was mapped (373 of
+ * 526 MiB peak RSS at 36k chunks).  MADV_DONTNEED drops the mappings and leaves the pages
+ * in the page cache: the kernel can reclaim them, and the next access maps them back from
+ * the cache, with the same bytes (the file is only written through pwrite, never the map).
+ * Readers inside a txn are unaffected: their pointers stay valid and fault the page back.
+ * Freed heap pages are returned too (malloc_trim), at most as often. */
+void rag_env_trim(MDB_env *env, int force)
+{
+    env_state *st = env ? mdb_env_get_userctx(env) : NULL;
+    if (!st)
+        return;
+    uint64_t now = rag_mono_ms(), last = atomic_load(&st->last_trim_ms);
+    if (!force && now - last < RAG_ENV_TRIM_MS)
+        return;
+    if (!atomic_compare_exchange_strong(&st->last_trim_ms, &last, now))
+        return; /* another thread trims it now */
+    MDB_envinfo info;
+    MDB_stat stat;
+    if (!st->map || mdb_env_info(env, &info) != 0 || mdb_env_stat(env, &stat) != 0 ||
+        info.me_mapsize != st->map_size)
+        return;
+    size_t len = ((size_t)info.me_last_pgno + 1) * stat.ms_psize;
+    if (len > st->map_size)
+        len = st->map_size;
+    madvise(st->map, len, MADV_DONTNEED);
+    static _Atomic uint64_t heap_trim_ms;
+    uint64_t h = atomic_load(&heap_trim_ms);
+    if ((force || now - h >= 1000) &&
+        atomic_compare_exchange_strong(&heap_trim_ms, &h, now))
+        malloc_trim(0);
 }
 
 int rag_dbi_open(MDB_env *env, const char *name, unsigned int flags, MDB_dbi *out)
@@ -110,7 +199,11 @@ int rag_txn_commit(MDB_txn *txn)
         mdb_txn_abort(txn);
         return EIO;
     }
-    return mdb_txn_commit(txn);
+    MDB_env *env = mdb_txn_env(txn);
+    int mrc = mdb_txn_commit(txn);
+    if (mrc == 0)
+        rag_env_trim(env, 0); /* rate-limited; also after a nested commit, which is harmless */
+    return mrc;
 }
 
 /* ---- codec ------------------------------------------------------------------------------ */

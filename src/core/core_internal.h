@@ -95,6 +95,13 @@ struct rag_ctx {
     rag_session session;
     rag_hist search_latency;   /* every rag_search call on this handle (metrics.c) */
     atomic_int relay_failing;  /* 1 after a failed relay was logged, until one succeeds */
+    /* While workers run, a put's events are relayed to the broker by this thread, so a
+     * rag_doc_put returns after its own commit and concurrent puts share one relay. */
+    pthread_t relay_thread;
+    pthread_mutex_t relay_mu;
+    pthread_cond_t relay_cv;
+    int relay_pending;         /* a put committed events the relay thread has not taken yet */
+    int relay_running;         /* relay_thread exists */
     int opened;                /* rag_open() succeeded (its "close" event is logged) */
 };
 

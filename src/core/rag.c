@@ -507,6 +507,8 @@ int rag_open(rag_ctx **out, const char *root, const rag_options *opts)
         return rag_error_set(RAG_ENOMEM, "out of memory");
     ctx->lock_fd = -1;
     pthread_mutex_init(&ctx->pump_lock, NULL);
+    pthread_mutex_init(&ctx->relay_mu, NULL);
+    pthread_cond_init(&ctx->relay_cv, NULL);
     session_init(&ctx->session);
     atomic_init(&ctx->stopping, 0);
 
@@ -621,6 +623,8 @@ void rag_close(rag_ctx *ctx)
     if (ctx->lock_fd >= 0)
         close(ctx->lock_fd); /* releases the flock */
     pthread_mutex_destroy(&ctx->pump_lock);
+    pthread_cond_destroy(&ctx->relay_cv);
+    pthread_mutex_destroy(&ctx->relay_mu);
     session_destroy(&ctx->session);
     free(ctx);
 }
@@ -669,6 +673,49 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
+/* The ingest outbox's relay while workers run.  A put only sets relay_pending: the rows are
+ * durable in ingest's env already, and moving them to the broker costs two more commits
+ * (publish, outbox delete) that the caller need not wait for.  Puts arriving during a relay
+ * are moved together by the next one. */
+static void *relay_main(void *arg)
+{
+    rag_ctx *ctx = arg;
+    pthread_mutex_lock(&ctx->relay_mu);
+    while (!atomic_load(&ctx->stopping)) {
+        if (!ctx->relay_pending) {
+            pthread_cond_wait(&ctx->relay_cv, &ctx->relay_mu);
+            continue;
+        }
+        ctx->relay_pending = 0;
+        pthread_mutex_unlock(&ctx->relay_mu);
+        size_t moved = 0;
+        int rc = rag_outbox_relay(rag_ingest_outbox(ctx->ingest), &ctx->transport, 0, &moved);
+        if (rc)
+            relay_note(ctx, "ingest", rc); /* the rows stay; the ingest worker retries when idle */
+        pthread_mutex_lock(&ctx->relay_mu);
+    }
+    pthread_mutex_unlock(&ctx->relay_mu);
+    return NULL;
+}
+
+/* Hand a put's (or delete's) committed events to the broker: the relay thread while workers
+ * run, else the calling thread.  A relay failure is not the caller's failure: the rows stay
+ * and the next relay (workers, drain, open) sends them. */
+static void relay_ingest(rag_ctx *ctx)
+{
+    pthread_mutex_lock(&ctx->relay_mu);
+    int async = ctx->relay_running;
+    if (async) {
+        ctx->relay_pending = 1;
+        pthread_cond_signal(&ctx->relay_cv);
+    }
+    pthread_mutex_unlock(&ctx->relay_mu);
+    if (!async) {
+        size_t moved = 0;
+        rag_outbox_relay(rag_ingest_outbox(ctx->ingest), &ctx->transport, 0, &moved);
+    }
+}
+
 int rag_start(rag_ctx *ctx)
 {
     if (!ctx)
@@ -699,6 +746,13 @@ int rag_start(rag_ctx *ctx)
             return rag_error_set(RAG_ERROR, "cannot start worker thread");
         }
     }
+    if (ctx->ingest) {
+        pthread_mutex_lock(&ctx->relay_mu);
+        ctx->relay_pending = 1; /* rows a put left before the start */
+        ctx->relay_running =
+            pthread_create(&ctx->relay_thread, NULL, relay_main, ctx) == 0; /* else inline */
+        pthread_mutex_unlock(&ctx->relay_mu);
+    }
     ctx->started = 1;
     return RAG_OK;
 }
@@ -714,6 +768,17 @@ int rag_stop(rag_ctx *ctx)
         ctx->transport.wake_all(ctx->transport.state);
     for (size_t i = 0; i < ctx->worker_count; i++)
         pthread_join(ctx->workers[i].thread, NULL);
+    pthread_mutex_lock(&ctx->relay_mu);
+    int relay = ctx->relay_running;
+    ctx->relay_running = 0; /* puts from now on relay inline */
+    pthread_cond_broadcast(&ctx->relay_cv);
+    pthread_mutex_unlock(&ctx->relay_mu);
+    if (relay) {
+        pthread_join(ctx->relay_thread, NULL);
+        /* what the thread had not taken yet */
+        size_t moved = 0;
+        rag_outbox_relay(rag_ingest_outbox(ctx->ingest), &ctx->transport, 0, &moved);
+    }
     ctx->started = 0;
     return RAG_OK;
 }
@@ -825,10 +890,8 @@ int rag_doc_put_batch(rag_ctx *ctx, const rag_doc *docs, size_t n, rag_put_resul
     free(ids);
     free(vers);
     /* The events are durable in ingest's outbox; hand them to the broker now so workers see
-     * them at once. A relay failure is not the caller's failure: the rows stay and the next
-     * relay (workers, drain, open) sends them. */
-    size_t moved = 0;
-    rag_outbox_relay(rag_ingest_outbox(ctx->ingest), &ctx->transport, 0, &moved);
+     * them at once. */
+    relay_ingest(ctx);
     return RAG_OK;
 }
 
@@ -870,8 +933,7 @@ int rag_doc_delete(rag_ctx *ctx, const char *doc_id)
         pthread_mutex_unlock(&ctx->session.lock);
     }
     rag_error_clear();
-    size_t moved = 0;
-    rag_outbox_relay(rag_ingest_outbox(ctx->ingest), &ctx->transport, 0, &moved);
+    relay_ingest(ctx);
     return RAG_OK;
 }
 

@@ -456,7 +456,7 @@ void rag_embed_close(rag_embed *em)
         return;
     rag_outbox_free(em->outbox);
     if (em->env)
-        mdb_env_close(em->env);
+        rag_env_close(em->env);
     free(em);
 }
 

@@ -74,8 +74,61 @@ static int backend_remove(rag_index *ix, size_t n, const int64_t *labels)
     return rc ? rag_error_set(rc, "index: vector backend remove: %s", rag_error_last()) : RAG_OK;
 }
 
+/* Apply the deferred removals now (write lock held). */
+static int flush_removals_locked(rag_index *ix)
+{
+    int rc = backend_remove(ix, ix->rm_pending_n, ix->rm_pending);
+    if (!rc)
+        ix->rm_pending_n = 0;
+    return rc;
+}
+
+/* Removal of `n` labels (write lock held).  Every search filters out labels the view holds
+ * dead, so a removed vector need not leave the backend at once: the labels wait until they
+ * are a sixteenth of the backend (at least IX_RM_BATCH), and one remove_ids then compacts
+ * once for all of them.  Before, 1,000 single-document updates of a 36k-vector flat index
+ * spent a third of the index worker in remove_ids. */
+#define IX_RM_BATCH 1024
+static int defer_remove(rag_index *ix, size_t n, const int64_t *labels)
+{
+    if (n == 0)
+        return RAG_OK;
+    if (ix->rm_supported != 1) {
+        /* Until a removal has shown that the backend removes at all, remove at once: a
+         * backend that cannot keeps its tombstones anyway, and they count as held. */
+        size_t removed = 0;
+        int rc = ix->backend->remove(ix->backend->state, n, labels, &removed);
+        if (rc == RAG_EUNSUPPORTED) {
+            ix->rm_supported = 0;
+            return RAG_OK;
+        }
+        if (rc)
+            return rag_error_set(rc, "index: vector backend remove: %s", rag_error_last());
+        if (removed)
+            ix->rm_supported = 1;
+        return RAG_OK;
+    }
+    if (ix->rm_pending_n + n > ix->rm_pending_cap) {
+        size_t cap = (ix->rm_pending_n + n) * 2;
+        int64_t *p = realloc(ix->rm_pending, cap * sizeof *p);
+        if (!p) { /* no room to wait: remove now */
+            int rc = flush_removals_locked(ix);
+            return rc ? rc : backend_remove(ix, n, labels);
+        }
+        ix->rm_pending = p;
+        ix->rm_pending_cap = cap;
+    }
+    memcpy(ix->rm_pending + ix->rm_pending_n, labels, n * sizeof *labels);
+    ix->rm_pending_n += n;
+    uint64_t held = ix->backend->count(ix->backend->state);
+    if (ix->rm_pending_n >= IX_RM_BATCH && ix->rm_pending_n >= held / 16)
+        return flush_removals_locked(ix);
+    return RAG_OK;
+}
+
 int rag_index__rebuild_locked(rag_index *ix)
 {
+    ix->rm_pending_n = 0; /* the rebuild adds live labels only */
     int rc = ix->backend->reset(ix->backend->state);
     if (rc)
         return rag_error_set(rc, "index: backend reset: %s", rag_error_last());
@@ -202,7 +255,7 @@ void rag_index__apply(rag_index *ix, ix_batch *b)
     if (!brc && !rc) {
         brc = backend_add(ix, n_add, add_v, add_l);
         if (!brc)
-            brc = backend_remove(ix, n_rm, rm);
+            brc = defer_remove(ix, n_rm, rm);
         if (brc) /* the backend is out of line with the view: derive it again */
             brc = rag_index__rebuild_locked(ix);
     }
@@ -573,11 +626,12 @@ static void ix_free(rag_index *ix)
     rag_index__batch_free(ix->cons_revert.batch);
     rag_outbox_free(ix->outbox);
     if (ix->env)
-        mdb_env_close(ix->env);
+        rag_env_close(ix->env);
     free_backend(ix->backend);
     rag_index__mem_free(&ix->mem);
     rag_index__lex_free(&ix->lex);
     rag_index__stemmers_free(&ix->stemmers);
+    free(ix->rm_pending);
     if (ix->locks_ready) {
         pthread_rwlock_destroy(&ix->lock);
         pthread_mutex_destroy(&ix->apply_mu);
@@ -618,6 +672,7 @@ int rag_index_open(rag_index **out, const rag_config *cfg, rag_vector_backend *b
         free_backend(backend);
         return rag_error_set(RAG_ENOMEM, "rag_index_open");
     }
+    ix->rm_supported = -1;
     ix->cfg = *cfg;
     ix->backend = backend;
     ix->dim = backend->dim;
@@ -809,7 +864,26 @@ int rag_index_snapshot(rag_index *ix)
     if (!rc) {
         /* The read side keeps batches from being applied while the file is written, so it
          * holds exactly the changes up to `seq`; searches go on. */
-        pthread_rwlock_rdlock(&ix->lock);
+        /* The file must hold no tombstone (a reload could not tell them from live vectors):
+         * deferred removals are flushed under the write lock, and an apply slipping in
+         * before the read lock may defer new ones, so check again under the read lock
+         * (which keeps applies out); after a few rounds the save runs under the write lock. */
+        int writer = 0;
+        for (int round = 0;; round++) {
+            pthread_rwlock_wrlock(&ix->lock);
+            if (!ix->degraded && ix->rm_pending_n && flush_removals_locked(ix))
+                ix->degraded = 1;
+            if (round == 3) {
+                writer = 1;
+                break;
+            }
+            pthread_rwlock_unlock(&ix->lock);
+            pthread_rwlock_rdlock(&ix->lock);
+            if (ix->rm_pending_n == 0 || ix->degraded)
+                break;
+            pthread_rwlock_unlock(&ix->lock);
+        }
+        (void)writer; /* either lock keeps applies out while the file is written */
         seq = ix->applied_seq;
         rc = ix->degraded ? rag_error_set(RAG_EINDEX, "index snapshot: backend degraded")
                           : ix->backend->save(ix->backend->state, ix->snap_path);
@@ -920,7 +994,13 @@ const rag_index__recovery *rag_index__recovery_info(const rag_index *ix)
 
 uint64_t rag_index__backend_count(rag_index *ix)
 {
-    pthread_rwlock_rdlock(&ix->lock);
+    /* Vectors held once the deferred removals are done: they are flushed first, since a
+     * pending label need not be one the backend holds (a label switched to without a vector,
+     * or one a repair removes), so subtracting their number would not be exact.  Tests and
+     * diagnostics only: nothing on a hot path counts. */
+    pthread_rwlock_wrlock(&ix->lock);
+    if (!ix->degraded && ix->rm_pending_n && flush_removals_locked(ix))
+        ix->degraded = 1;
     uint64_t n = ix->backend->count(ix->backend->state);
     pthread_rwlock_unlock(&ix->lock);
     return n;

@@ -121,9 +121,10 @@ struct sb_stemmer;
 
 /* Snowball stemmers are not thread-safe: a pool, each caller takes one for the duration of
  * an analysis (consumer handlers and searches run on several threads). */
+typedef struct ix_stemmer ix_stemmer; /* a Snowball stemmer and its cache (lexical.c) */
 typedef struct ix_stemmers {
     pthread_mutex_t mu;
-    struct sb_stemmer **free_list;
+    ix_stemmer **free_list;
     size_t n, cap;
     int ready;
 } ix_stemmers;
@@ -137,6 +138,7 @@ void rag_index__stemmers_free(ix_stemmers *s);
 typedef struct ix_term {
     size_t off;      /* into buf */
     uint32_t len, tf;
+    uint64_t key;    /* first 8 bytes, big-endian, zero-padded: most comparisons end here */
 } ix_term;
 
 typedef struct ix_terms {
@@ -305,6 +307,13 @@ struct rag_index {
     uint64_t applied_seq;      /* last log seq reflected in backend + mem */
     uint64_t applied_epoch;
     int degraded;              /* backend could not be brought in line; searches fail */
+    /* Labels removed from the view whose vectors the backend still holds (tombstones): a
+     * flat index compacts its whole array (and IDMap2 rebuilds its reverse map) on every
+     * remove_ids, so removals are applied in bulk (index.c, defer_remove). */
+    int64_t *rm_pending;
+    size_t rm_pending_n, rm_pending_cap;
+    int rm_supported;          /* backend removes vectors: -1 not known yet, 0 no (it keeps
+                                * tombstones for good, e.g. HNSW), 1 yes (removals wait) */
 
     pthread_mutex_t apply_mu;  /* committed batches waiting for their predecessors */
     ix_batch *waiting;
@@ -367,7 +376,8 @@ void rag_index__apply(struct rag_index *ix, ix_batch *b);
  * process dying). */
 void rag_index__close_nosnap(struct rag_index *ix);
 const rag_index__recovery *rag_index__recovery_info(const struct rag_index *ix);
-/* Backend vector count (for tests: tombstones included). */
+/* Backend vector count after flushing the deferred removals (tests and diagnostics; the
+ * tombstones of a backend that cannot remove, e.g. HNSW, are included). */
 uint64_t rag_index__backend_count(struct rag_index *ix);
 
 #endif

@@ -933,7 +933,7 @@ void rag_ingest_close(rag_ingest *ig)
         return;
     rag_outbox_free(ig->outbox);
     if (ig->env)
-        mdb_env_close(ig->env);
+        rag_env_close(ig->env);
     free(ig);
 }
 

@@ -42,9 +42,18 @@ typedef struct topic_gen {
     uint64_t gen;
 } topic_gen;
 
+/* An acknowledgement not yet written (see br_ack). */
+typedef struct pending_ack {
+    uint64_t handle;
+    char id[RAG_QUEUE_MSGID_MAX];
+} pending_ack;
+
 typedef struct broker {
     MDB_env *env;
     MDB_dbi state, body, vis, ids, meta;
+    pthread_mutex_t ack_mu; /* guards acks */
+    pending_ack *acks;
+    size_t n_acks, cap_acks;
     pthread_mutex_t mu;   /* guards gens / wake_gen */
     pthread_cond_t cv;    /* signalled on publish, nak and wake_all */
     topic_gen *gens;
@@ -206,6 +215,133 @@ static void signal_topics(broker *b, const rag_queue_message *msgs, size_t n)
 
 /* ---- slots -------------------------------------------------------------------------------- */
 
+/* Delete acknowledged messages in `txn`. */
+static int acks_apply(broker *b, MDB_txn *txn, const pending_ack *a, size_t n)
+{
+    int rc = RAG_OK;
+    for (size_t i = 0; i < n && !rc; i++) {
+        msg_state s;
+        rc = state_get(b, txn, a[i].handle, &s);
+        if (rc == RAG_ENOTFOUND) { /* acked already (e.g. by a consumer that re-leased it) */
+            rc = RAG_OK;
+            continue;
+        }
+        if (rc)
+            break;
+        if (strcmp(s.id, a[i].id) != 0)
+            continue; /* a handle that is not this message's: never delete someone else's */
+        uint8_t sk[8];
+        rag_be64_put(sk, a[i].handle);
+        MDB_val k = {8, sk};
+        int mrc = mdb_del(txn, b->state, &k, NULL);
+        if (!mrc)
+            mrc = mdb_del(txn, b->body, &k, NULL);
+        if (mrc && mrc != MDB_NOTFOUND) {
+            rc = rag_mdb_error(mrc, "queue: ack delete");
+            break;
+        }
+        MDB_val ik = {strlen(s.id), s.id};
+        mrc = mdb_del(txn, b->ids, &ik, NULL);
+        if (mrc && mrc != MDB_NOTFOUND) {
+            rc = rag_mdb_error(mrc, "queue: ack delete id");
+            break;
+        }
+        rc = vis_del(b, txn, s.topic, s.visible_at, a[i].handle);
+    }
+    return rc;
+}
+
+/* Apply acks inside the caller's write txn, in a nested txn: acks that cannot be written
+ * (a record that does not decode, a full map) are dropped, undone as a whole, instead of
+ * failing the caller's publish or fetch, and of failing every later one with them.  A
+ * dropped ack is a redelivery, which the consumer's inbox absorbs. */
+static void acks_apply_in(broker *b, MDB_txn *txn, const pending_ack *a, size_t n)
+{
+    if (n == 0)
+        return;
+    MDB_txn *child;
+    if (mdb_txn_begin(b->env, txn, 0, &child) != 0)
+        return;
+    int rc = acks_apply(b, child, a, n);
+    if (rc == RAG_OK) {
+        int mrc = mdb_txn_commit(child); /* a failed commit has aborted the child */
+        if (mrc)
+            rc = rag_mdb_error(mrc, "queue: ack commit");
+    } else {
+        mdb_txn_abort(child);
+    }
+    if (rc) {
+        rag_log(RAG_LOG_WARN, "queue", "ack_dropped",
+                "%zu acknowledgement(s) could not be written and were dropped (the messages "
+                "will be redelivered and skipped by the inboxes): %s",
+                n, rag_error_last());
+        rag_error_clear();
+    }
+}
+
+/* Take the pending acks (the caller applies them in its txn, or gives them back). */
+static void acks_take(broker *b, pending_ack **a, size_t *n)
+{
+    pthread_mutex_lock(&b->ack_mu);
+    *a = b->acks;
+    *n = b->n_acks;
+    b->acks = NULL;
+    b->n_acks = b->cap_acks = 0;
+    pthread_mutex_unlock(&b->ack_mu);
+}
+
+/* Give back acks whose txn did not commit; they go first again. */
+static void acks_return(broker *b, pending_ack *a, size_t n)
+{
+    if (!a)
+        return;
+    pthread_mutex_lock(&b->ack_mu);
+    if (n && b->n_acks) {
+        pending_ack *m = realloc(a, (n + b->n_acks) * sizeof *m);
+        if (m) {
+            memcpy(m + n, b->acks, b->n_acks * sizeof *m);
+            free(b->acks);
+            b->acks = m;
+            b->n_acks += n;
+            b->cap_acks = b->n_acks;
+            a = NULL;
+        } /* else dropped: the leases expire and the inboxes absorb the redeliveries */
+    } else if (n) {
+        free(b->acks);
+        b->acks = a;
+        b->n_acks = b->cap_acks = n;
+        a = NULL;
+    }
+    pthread_mutex_unlock(&b->ack_mu);
+    free(a);
+}
+
+/* Write the pending acks in a txn of their own (before a depth count or an idle wait). */
+static int acks_flush(broker *b)
+{
+    pending_ack *a;
+    size_t n;
+    acks_take(b, &a, &n);
+    if (n == 0) {
+        free(a);
+        return RAG_OK;
+    }
+    MDB_txn *txn;
+    int mrc = mdb_txn_begin(b->env, NULL, 0, &txn);
+    int rc = mrc ? rag_mdb_error(mrc, "queue: ack txn") : RAG_OK;
+    if (!rc) {
+        acks_apply_in(b, txn, a, n); /* acks that cannot be written are dropped there */
+        mrc = rag_txn_commit(txn);
+        if (mrc)
+            rc = rag_mdb_error(mrc, "queue: ack commit");
+    }
+    if (rc)
+        acks_return(b, a, n);
+    else
+        free(a);
+    return rc;
+}
+
 static int br_publish(void *state, const rag_queue_message *msgs, size_t n)
 {
     broker *b = state;
@@ -226,6 +362,10 @@ static int br_publish(void *state, const rag_queue_message *msgs, size_t n)
     int mrc = mdb_txn_begin(b->env, NULL, 0, &txn);
     if (mrc)
         return rag_mdb_error(mrc, "queue: publish txn");
+    pending_ack *acks;
+    size_t n_acks;
+    acks_take(b, &acks, &n_acks);
+    acks_apply_in(b, txn, acks, n_acks);
     int rc = RAG_OK;
     rag_wbuf w;
     rag_wbuf_init(&w);
@@ -276,11 +416,15 @@ static int br_publish(void *state, const rag_queue_message *msgs, size_t n)
     rag_wbuf_free(&w);
     if (rc) {
         mdb_txn_abort(txn);
+        acks_return(b, acks, n_acks);
         return rc;
     }
     mrc = rag_txn_commit(txn);
-    if (mrc)
+    if (mrc) {
+        acks_return(b, acks, n_acks);
         return rag_mdb_error(mrc, "queue: publish commit");
+    }
+    free(acks);
     signal_topics(b, msgs, n);
     return RAG_OK;
 }
@@ -321,6 +465,11 @@ static int br_fetch(void *state, const char *topic, size_t max, uint32_t lease_m
     }
     uint64_t now = rag_now_ms();
     size_t tlen = strlen(topic), n = 0;
+    /* Acked messages leave before the scan, so none of them is leased again. */
+    pending_ack *acks;
+    size_t n_acks;
+    acks_take(b, &acks, &n_acks);
+    acks_apply_in(b, txn, acks, n_acks);
 
     /* Pass 1: the first `max` index entries of the topic that are visible now. */
     MDB_cursor *cur;
@@ -402,10 +551,19 @@ static int br_fetch(void *state, const char *topic, size_t max, uint32_t lease_m
 out:
     if (txn)
         mdb_txn_abort(txn);
+    if (rc)
+        acks_return(b, acks, n_acks);
+    else
+        free(acks);
     free(seqs);
     return rc;
 }
 
+/* Acknowledgements are not written at once: they ride in the broker's next write txn (the
+ * next fetch or publish, usually the same consumer's relay right after) or are flushed before
+ * a depth count or an idle wait.  A lost ack only means a redelivery, which the consumer's
+ * inbox absorbs, so an ack needs no commit of its own: that was one of the three broker
+ * commits per batch and hop. */
 static int br_ack(void *state, const rag_queue_message *msgs, size_t n)
 {
     broker *b = state;
@@ -413,46 +571,24 @@ static int br_ack(void *state, const rag_queue_message *msgs, size_t n)
         return RAG_OK;
     if (!msgs)
         return rag_error_set(RAG_EINVAL, "queue: ack of NULL messages");
-    MDB_txn *txn;
-    int mrc = mdb_txn_begin(b->env, NULL, 0, &txn);
-    if (mrc)
-        return rag_mdb_error(mrc, "queue: ack txn");
-    int rc = RAG_OK;
-    for (size_t i = 0; i < n && !rc; i++) {
-        msg_state s;
-        rc = state_get(b, txn, msgs[i].handle, &s);
-        if (rc == RAG_ENOTFOUND) { /* acked already (e.g. by a consumer that re-leased it) */
-            rc = RAG_OK;
-            continue;
+    pthread_mutex_lock(&b->ack_mu);
+    if (b->n_acks + n > b->cap_acks) {
+        size_t cap = (b->n_acks + n) * 2;
+        pending_ack *m = realloc(b->acks, cap * sizeof *m);
+        if (!m) {
+            pthread_mutex_unlock(&b->ack_mu);
+            return rag_error_set(RAG_ENOMEM, "queue: ack of %zu messages", n);
         }
-        if (rc)
-            break;
-        if (strcmp(s.id, msgs[i].id) != 0)
-            continue; /* a handle that is not this message's: never delete someone else's */
-        uint8_t sk[8];
-        rag_be64_put(sk, msgs[i].handle);
-        MDB_val k = {8, sk};
-        mrc = mdb_del(txn, b->state, &k, NULL);
-        if (!mrc)
-            mrc = mdb_del(txn, b->body, &k, NULL);
-        if (mrc && mrc != MDB_NOTFOUND) {
-            rc = rag_mdb_error(mrc, "queue: ack delete");
-            break;
-        }
-        MDB_val ik = {strlen(s.id), s.id};
-        mrc = mdb_del(txn, b->ids, &ik, NULL);
-        if (mrc && mrc != MDB_NOTFOUND) {
-            rc = rag_mdb_error(mrc, "queue: ack delete id");
-            break;
-        }
-        rc = vis_del(b, txn, s.topic, s.visible_at, msgs[i].handle);
+        b->acks = m;
+        b->cap_acks = cap;
     }
-    if (rc) {
-        mdb_txn_abort(txn);
-        return rc;
+    for (size_t i = 0; i < n; i++) {
+        b->acks[b->n_acks].handle = msgs[i].handle;
+        snprintf(b->acks[b->n_acks].id, sizeof b->acks[b->n_acks].id, "%s", msgs[i].id);
+        b->n_acks++;
     }
-    mrc = rag_txn_commit(txn);
-    return mrc ? rag_mdb_error(mrc, "queue: ack commit") : RAG_OK;
+    pthread_mutex_unlock(&b->ack_mu);
+    return RAG_OK;
 }
 
 static int br_nak(void *state, const rag_queue_message *msg, uint32_t delay_ms)
@@ -510,6 +646,9 @@ static int br_depth(void *state, const char *topic, rag_queue_depth *out)
     if (!out)
         return rag_error_set(RAG_EINVAL, "queue: depth needs out");
     memset(out, 0, sizeof *out);
+    rc = acks_flush(b); /* an acked message is not in flight */
+    if (rc)
+        return rc;
     MDB_txn *txn;
     int mrc = mdb_txn_begin(b->env, NULL, MDB_RDONLY, &txn);
     if (mrc)
@@ -588,6 +727,8 @@ static int br_wait(void *state, const char *topic, uint32_t timeout_ms)
     pthread_mutex_unlock(&b->mu);
     if (!g)
         return rag_error_set(RAG_ENOMEM, "queue: wait slot");
+    acks_flush(b); /* going idle: write what is acked (a failure retries at the next call) */
+    rag_error_clear();
 
     uint64_t head;
     rc = head_visible_at(b, topic, &head);
@@ -634,8 +775,12 @@ static void br_free(void *state)
     broker *b = state;
     if (!b)
         return;
-    if (b->env)
-        mdb_env_close(b->env);
+    if (b->env) {
+        acks_flush(b);
+        rag_env_close(b->env);
+    }
+    free(b->acks);
+    pthread_mutex_destroy(&b->ack_mu);
     pthread_cond_destroy(&b->cv);
     pthread_mutex_destroy(&b->mu);
     free(b->gens);
@@ -717,6 +862,7 @@ int rag_queue_lmdb_transport_new(rag_queue_transport **out, const rag_config *cf
         return rag_error_set(RAG_ENOMEM, "queue: transport");
     }
     pthread_mutex_init(&b->mu, NULL);
+    pthread_mutex_init(&b->ack_mu, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);

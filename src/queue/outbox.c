@@ -13,12 +13,19 @@
  * row was relayed and deleted.  The origin makes them unique across roots: with modules in
  * several processes (embed workers on NATS, each with its own root), two workers' first
  * doc.embedded would otherwise share "embed-...01", and the broker's de-duplication and the
- * index's inbox would drop the second as a repeat.  A relay that crashes after publish but
- * before the delete re-publishes the same ids; the broker drops ids it still holds and
- * consumers' inboxes drop the rest.
+ * index's inbox would drop the second as a repeat.
+ *
+ * Relayed rows are deleted lazily: the relay remembers (in memory) the last sequence the
+ * transport accepted and starts after it, and the next write txn of the env (the next
+ * rag_outbox_add, i.e. the next put or consumer batch) deletes the rows up to it.  A delete
+ * commit of its own per relay was one of ~16 durable commits per document update.  A process
+ * that ends before that write re-publishes those rows at its next open, as a relay that
+ * crashed between publish and delete always did: the broker drops ids it still holds and
+ * consumers' inboxes drop the rest.  rag_outbox_free() deletes them when the env stays open.
  */
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,6 +48,7 @@ struct rag_outbox {
     char module[MODULE_MAX];
     uint64_t origin;
     pthread_mutex_t relay_mu; /* concurrent relays serialise: each row is published once */
+    _Atomic uint64_t relayed; /* rows up to this sequence were accepted by the transport */
 };
 
 static const char next_key[] = "next";
@@ -118,10 +126,44 @@ int rag_outbox_open(rag_outbox **out, MDB_env *env, const char *module)
     return RAG_OK;
 }
 
+/* Delete the relayed rows (those up to ob->relayed) in the caller's write txn. */
+static int outbox_gc(rag_outbox *ob, MDB_txn *txn)
+{
+    uint64_t upto = atomic_load(&ob->relayed);
+    if (upto == 0)
+        return RAG_OK;
+    MDB_cursor *cur;
+    int mrc = mdb_cursor_open(txn, ob->rows, &cur);
+    if (mrc)
+        return rag_mdb_error(mrc, "outbox: gc cursor");
+    MDB_val k, v;
+    /* MDB_FIRST each time: the smallest row left is the next candidate (no reliance on the
+     * cursor's position after a delete). */
+    for (mrc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); mrc == 0;
+         mrc = mdb_cursor_get(cur, &k, &v, MDB_FIRST)) {
+        if (k.mv_size != 8 || rag_be64_get(k.mv_data) > upto)
+            break;
+        mrc = mdb_cursor_del(cur, 0);
+        if (mrc)
+            break;
+    }
+    mdb_cursor_close(cur);
+    return mrc && mrc != MDB_NOTFOUND ? rag_mdb_error(mrc, "outbox: gc") : RAG_OK;
+}
+
 void rag_outbox_free(rag_outbox *ob)
 {
     if (!ob)
         return;
+    if (atomic_load(&ob->relayed)) { /* best effort: else the next open re-publishes them */
+        MDB_txn *txn;
+        if (mdb_txn_begin(ob->env, NULL, 0, &txn) == 0) {
+            if (outbox_gc(ob, txn) == RAG_OK)
+                rag_txn_commit(txn);
+            else
+                mdb_txn_abort(txn);
+        }
+    }
     pthread_mutex_destroy(&ob->relay_mu);
     free(ob);
 }
@@ -138,6 +180,9 @@ int rag_outbox_add(rag_outbox *ob, MDB_txn *txn, const char *topic, const void *
     if (!*topic || strlen(topic) >= RAG_QUEUE_TOPIC_MAX)
         return rag_error_set(RAG_EINVAL, "outbox: topic missing or longer than %d bytes",
                              RAG_QUEUE_TOPIC_MAX - 1);
+    int rc = outbox_gc(ob, txn);
+    if (rc)
+        return rc;
     MDB_val mk = {sizeof next_key - 1, (void *)next_key}, mv;
     uint64_t seq = 1;
     int mrc = mdb_get(txn, ob->meta, &mk, &mv);
@@ -168,7 +213,10 @@ int rag_outbox_add(rag_outbox *ob, MDB_txn *txn, const char *topic, const void *
     uint8_t k[8];
     rag_be64_put(k, seq);
     MDB_val key = {8, k}, val = {w.len, w.data};
-    mrc = mdb_put(txn, ob->rows, &key, &val, MDB_NOOVERWRITE);
+    /* Sequences only grow: append (full pages, no search); an existing key is an error. */
+    mrc = mdb_put(txn, ob->rows, &key, &val, MDB_APPEND);
+    if (mrc == MDB_KEYEXIST)
+        mrc = mdb_put(txn, ob->rows, &key, &val, MDB_NOOVERWRITE);
     rag_wbuf_free(&w);
     if (mrc)
         return rag_mdb_error(mrc, "outbox: write row");
@@ -194,8 +242,8 @@ static int decode_row(const MDB_val *v, rag_queue_message *m)
     return RAG_OK;
 }
 
-/* One batch: read rows (payloads point into the read txn's map, valid until it ends),
- * publish them, then delete them in a write txn of their own. */
+/* One batch: read the rows after the last relayed one (payloads point into the read txn's
+ * map, valid until it ends) and publish them; they are deleted later (outbox_gc). */
 static int relay_batch(rag_outbox *ob, const rag_queue_transport *t, size_t limit,
                        rag_queue_message *msgs, uint64_t *seqs, size_t *n_out)
 {
@@ -212,8 +260,10 @@ static int relay_batch(rag_outbox *ob, const rag_queue_transport *t, size_t limi
     }
     int rc = RAG_OK;
     size_t n = 0, bytes = 0;
-    MDB_val key, val;
-    mrc = mdb_cursor_get(cur, &key, &val, MDB_FIRST);
+    uint8_t start[8];
+    rag_be64_put(start, atomic_load(&ob->relayed) + 1);
+    MDB_val key = {8, start}, val;
+    mrc = mdb_cursor_get(cur, &key, &val, MDB_SET_RANGE);
     while (mrc == 0 && n < limit && (n == 0 || bytes + val.mv_size <= RELAY_MAX_BYTES)) {
         if (key.mv_size != 8) {
             rc = rag_error_set(RAG_ECORRUPT, "outbox: malformed key");
@@ -234,24 +284,7 @@ static int relay_batch(rag_outbox *ob, const rag_queue_transport *t, size_t limi
     mdb_txn_abort(rtxn);
     if (rc || !n)
         return rc;
-
-    MDB_txn *wtxn;
-    mrc = mdb_txn_begin(ob->env, NULL, 0, &wtxn);
-    if (mrc)
-        return rag_mdb_error(mrc, "outbox: relay delete txn");
-    for (size_t i = 0; i < n; i++) {
-        uint8_t k[8];
-        rag_be64_put(k, seqs[i]);
-        MDB_val dk = {8, k};
-        mrc = mdb_del(wtxn, ob->rows, &dk, NULL);
-        if (mrc && mrc != MDB_NOTFOUND) {
-            mdb_txn_abort(wtxn);
-            return rag_mdb_error(mrc, "outbox: relay delete");
-        }
-    }
-    mrc = rag_txn_commit(wtxn);
-    if (mrc)
-        return rag_mdb_error(mrc, "outbox: relay delete commit");
+    atomic_store(&ob->relayed, seqs[n - 1]);
     *n_out = n;
     return RAG_OK;
 }
@@ -303,9 +336,23 @@ int rag_outbox_pending(rag_outbox *ob, uint64_t *count)
         return rag_mdb_error(mrc, "outbox: pending txn");
     MDB_stat st;
     mrc = mdb_stat(txn, ob->rows, &st);
+    /* Rows relayed but not deleted yet (outbox_gc) are not pending: count them off. */
+    uint64_t upto = atomic_load(&ob->relayed), done = 0;
+    MDB_cursor *cur = NULL;
+    if (!mrc && upto && st.ms_entries)
+        mrc = mdb_cursor_open(txn, ob->rows, &cur);
+    if (cur) {
+        MDB_val k, v;
+        int g;
+        for (g = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+             g == 0 && k.mv_size == 8 && rag_be64_get(k.mv_data) <= upto;
+             g = mdb_cursor_get(cur, &k, &v, MDB_NEXT))
+            done++;
+        mdb_cursor_close(cur);
+    }
     mdb_txn_abort(txn);
     if (mrc)
         return rag_mdb_error(mrc, "outbox: stat");
-    *count = st.ms_entries;
+    *count = st.ms_entries - done;
     return RAG_OK;
 }

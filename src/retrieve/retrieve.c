@@ -267,7 +267,7 @@ int rag_retrieve_open(rag_retrieve **out, const rag_config *cfg,
     *out = rt;
     return RAG_OK;
 fail:
-    mdb_env_close(rt->env);
+    rag_env_close(rt->env);
     free(rt);
     return rc;
 }
@@ -280,7 +280,7 @@ void rag_retrieve_close(rag_retrieve *rt)
         counters_save(rt);
         if (mdb_env_sync(rt->env, 1) == 0)
             write_clean_marker(rt->dir);
-        mdb_env_close(rt->env);
+        rag_env_close(rt->env);
     }
     free(rt);
 }

@@ -808,6 +808,362 @@ static void test_stopwords(void **state)
     assert_int_equal(rag_is_stopword(B("zzz")), 0);
 }
 
+/* ---- ASCII fast paths (issue 9) -------------------------------------------------------------
+ * normalize() hands pure-ASCII input to normalize_ascii(), rag_tokenize reads ASCII bytes
+ * without the decoder and rag_is_stopword is a hash set.  Each must give exactly what the
+ * general code gave. */
+
+static uint64_t rng_next(uint64_t *s)
+{
+    *s = *s * 6364136223846793005ULL + 1442695040888963407ULL;
+    return *s >> 33;
+}
+
+/* A random ASCII byte, biased toward what the fast path treats specially. */
+static char ascii_byte(uint64_t *s)
+{
+    static const char special[] = {'\t', '\n', '\r', 0x7F, 0x00, 0x01, 0x08, 0x0B,
+                                   0x0C, 0x1B, 0x1F, ' ',  'A',  'Z',  'a',  'z',
+                                   '@',  '[',  '`',  '{',  '0',  '9',  '\'', '_'};
+    uint64_t r = rng_next(s);
+    switch (r % 4) {
+    case 0:
+        return special[(r >> 2) % sizeof special];
+    case 1:
+        return (char)((r >> 2) % 0x80); /* anything 0x00..0x7F */
+    case 2:
+        return (char)('A' + (r >> 2) % 26);
+    default:
+        return (char)('a' + (r >> 2) % 26);
+    }
+}
+
+/* What NFC (with control stripping) and NFKC casefold of ASCII must be, written out. */
+static size_t model_ascii(const char *s, size_t n, int fold, char *out)
+{
+    size_t w = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (fold) {
+            out[w++] = (char)((c >= 'A' && c <= 'Z') ? c + 32 : c);
+            continue;
+        }
+        if (c == '\r') {
+            if (i + 1 < n && s[i + 1] == '\n')
+                continue;
+            out[w++] = '\n';
+        } else if ((c < 0x20 && c != '\t' && c != '\n') || c == 0x7F) {
+            continue;
+        } else {
+            out[w++] = (char)c;
+        }
+    }
+    return w;
+}
+
+typedef int (*norm_fn)(const char *, size_t, char **, size_t *);
+
+/* f(s) on an exact-size copy (ASan sees a read past the end of the 8-byte word loop). */
+static char *norm_exact(norm_fn f, const char *s, size_t n, size_t *ol)
+{
+    char *p = exact_copy(s, n);
+    char *o = NULL;
+    *ol = 12345;
+    int rc = f(p, n, &o, ol);
+    if (rc)
+        fail_msg("normalise(%s) = %d: %s", hex(s, n), rc, rag_error_last());
+    assert_non_null(o);
+    assert_int_equal(o[*ol], 0);
+    free(p);
+    return o;
+}
+
+/* Random ASCII strings: the fast path equals the code point path, which "\xC3\xA9" (é:
+ * precomposed, ccc 0, casefold-stable, composes with nothing before it) appended forces:
+ * f(s + é) == f(s) + é.  Both also equal the written-out model, and casefold equals
+ * utf8proc_map. */
+static void test_ascii_fast_path_differential(void **state)
+{
+    (void)state;
+    static const norm_fn fns[2] = {rag_utf8_nfc, rag_utf8_nfkc_casefold};
+    uint64_t seed = 0xA5C11F00DULL;
+    char s[160], s2[162], model[160];
+    for (int iter = 0; iter < 20000; iter++) {
+        size_t n = (size_t)(rng_next(&seed) % (iter < 2000 ? 20 : 150));
+        for (size_t i = 0; i < n; i++) {
+            s[i] = ascii_byte(&seed);
+            /* \r\n pairs and runs of \r deserve more than chance gives them */
+            if (s[i] == '\r' && i + 1 < n && rng_next(&seed) % 2)
+                s[++i] = (rng_next(&seed) % 3) ? '\n' : '\r';
+        }
+        memcpy(s2, s, n);
+        memcpy(s2 + n, "\xC3\xA9", 2);
+        for (int w = 0; w < 2; w++) {
+            size_t l1, l2;
+            char *o1 = norm_exact(fns[w], s, n, &l1);
+            char *o2 = norm_exact(fns[w], s2, n + 2, &l2);
+            if (l2 != l1 + 2 || memcmp(o2, o1, l1) != 0 || memcmp(o2 + l1, "\xC3\xA9", 2) != 0)
+                fail_msg("%s: fast path and code point path differ on %s:\n   fast %s\n   full "
+                         "%s",
+                         w ? "casefold" : "nfc", hex(s, n), hex(o1, l1), hex(o2, l2));
+            size_t ml = model_ascii(s, n, w, model);
+            expect_bytes(w ? "casefold(model)" : "nfc(model)", s, n, o1, l1, model, ml);
+            if (w) {
+                utf8proc_uint8_t *ref = NULL;
+                utf8proc_ssize_t rn = utf8proc_map((const utf8proc_uint8_t *)s,
+                                                   (utf8proc_ssize_t)n, &ref,
+                                                   UTF8PROC_STABLE | UTF8PROC_COMPOSE |
+                                                       UTF8PROC_COMPAT | UTF8PROC_CASEFOLD |
+                                                       UTF8PROC_IGNORE);
+                assert_true(rn >= 0);
+                expect_bytes("casefold vs utf8proc", s, n, o1, l1, (char *)ref, (size_t)rn);
+                free(ref);
+            }
+            free(o1);
+            free(o2);
+        }
+    }
+    /* Every length 0..64 of an all-ASCII string with a line end at each 8-byte boundary. */
+    for (size_t n = 0; n <= 64; n++) {
+        for (size_t i = 0; i < n; i++)
+            s[i] = (i % 8 == 7) ? '\r' : (char)('A' + i % 26);
+        for (int w = 0; w < 2; w++) {
+            size_t l1, l2;
+            memcpy(s2, s, n);
+            memcpy(s2 + n, "\xC3\xA9", 2);
+            char *o1 = norm_exact(fns[w], s, n, &l1);
+            char *o2 = norm_exact(fns[w], s2, n + 2, &l2);
+            assert_int_equal(l2, l1 + 2);
+            assert_memory_equal(o1, o2, l1);
+            assert_int_equal(l1, model_ascii(s, n, w, model));
+            assert_memory_equal(o1, model, l1);
+            free(o1);
+            free(o2);
+        }
+    }
+}
+
+/* The fast path must be taken for pure ASCII only: one non-ASCII sequence anywhere (any
+ * byte of the 8-byte words is_ascii reads, or the tail) must reach the full pipeline, where
+ * it changes the output or is rejected. */
+static void test_ascii_detection_every_position(void **state)
+{
+    (void)state;
+    char in[64], want[64];
+    for (size_t len = 1; len <= 40; len++) {
+        for (size_t pos = 0; pos < len; pos++) {
+            /* ANGSTROM SIGN U+212B: NFC -> U+00C5, casefold -> U+00E5. */
+            size_t n = 0;
+            for (size_t i = 0; i < len; i++) {
+                if (i == pos) {
+                    memcpy(in + n, "\xE2\x84\xAB", 3);
+                    n += 3;
+                } else {
+                    in[n++] = (char)('A' + (i * 7) % 26);
+                }
+            }
+            size_t wn = 0;
+            for (size_t i = 0; i < len; i++) {
+                if (i == pos) {
+                    memcpy(want + wn, "\xC3\x85", 2);
+                    wn += 2;
+                } else {
+                    want[wn++] = (char)('A' + (i * 7) % 26);
+                }
+            }
+            nfc_is(in, n, want, wn);
+            for (size_t i = 0; i < wn; i++)
+                if (want[i] >= 'A' && want[i] <= 'Z')
+                    want[i] = (char)(want[i] + 32);
+            memcpy(want + pos, "\xC3\xA5", 2);
+            fold_is(in, n, want, wn);
+
+            /* A lone continuation byte: both refuse it at its offset. */
+            for (size_t i = 0; i < len; i++)
+                in[i] = (i == pos) ? (char)0x80 : 'a';
+            char *p = exact_copy(in, len), *o = NULL;
+            char msg[64];
+            snprintf(msg, sizeof msg, "byte offset %zu", pos);
+            assert_int_equal(rag_utf8_nfc(p, len, &o, NULL), RAG_EUTF8);
+            assert_null(o);
+            assert_non_null(strstr(rag_error_last(), msg));
+            assert_int_equal(rag_utf8_nfkc_casefold(p, len, &o, NULL), RAG_EUTF8);
+            assert_null(o);
+            assert_non_null(strstr(rag_error_last(), msg));
+            free(p);
+        }
+    }
+}
+
+/* The tokenizer's ASCII branch on raw (not casefolded) mixed input, by hand. */
+static void raw_tokens_are(const char *in, size_t len, int drop, const char *want)
+{
+    char *p = exact_copy(in, len);
+    toks k;
+    memset(&k, 0, sizeof k);
+    assert_int_equal(rag_tokenize(p, len, drop, on_tok, &k), RAG_OK);
+    if (strcmp(k.buf, want) != 0)
+        fail_msg("tokens(%s) = [%s], want [%s]", hex(in, len), k.buf, want);
+    free(p);
+}
+
+static void test_tokenizer_mixed_ascii(void **state)
+{
+    (void)state;
+    raw_tokens_are(B("caf\xC3\xA9 na\xC3\xAFve don't o'clock snake_case x_1 _lead trail_ 'q' it's"),
+                   0, "caf\xC3\xA9|na\xC3\xAFve|don't|o'clock|snake_case|x_1|lead|trail|q|it's");
+    /* ß is a letter; Straße is one token; raw input keeps its case */
+    raw_tokens_are(B("Stra\xC3\x9F" "e 42nd"), 0, "Stra\xC3\x9F" "e|42nd");
+    /* CJK ideographs are letters (Lo): no boundary against ASCII letters or digits */
+    raw_tokens_are(B("\xE4\xB8\xAD\xE6\x96\x87" "abc123 \xE5\xAD\x97"), 0,
+                   "\xE4\xB8\xAD\xE6\x96\x87" "abc123|\xE5\xAD\x97");
+    /* a combining mark (Mn) continues an ASCII word */
+    raw_tokens_are(B("e\xCC\x81t\xCC\x81" "e x"), 0, "e\xCC\x81t\xCC\x81" "e|x");
+    /* ' and _ join an ASCII and a non-ASCII word character, in both directions */
+    raw_tokens_are(B("l'\xC3\xA9t\xC3\xA9 \xC3\xA9_9 9_\xC3\xA9 \xC3\xA9'x"), 0,
+                   "l'\xC3\xA9t\xC3\xA9|\xC3\xA9_9|9_\xC3\xA9|\xC3\xA9'x");
+    /* but not when what follows is no word character (or not there, or invalid) */
+    raw_tokens_are(B("\xC3\xA9' x dogs' a'\xFF" "b c_"), 0, "\xC3\xA9|x|dogs|a|b|c");
+    raw_tokens_are(B("a''b a__b a'_b"), 0, "a|b|a|b|a|b");
+    /* U+2019 joins like ' */
+    raw_tokens_are(B("don\xE2\x80\x99t"), 0, "don\xE2\x80\x99t");
+    /* ASCII punctuation, symbols, controls, DEL, NUL separate */
+    raw_tokens_are(B("3.14 1,000 a-b a/b a\x7F" "b\x01" "c\td\ne\rf\x00g h@i"), 0,
+                   "3|14|1|000|a|b|a|b|a|b|c|d|e|f|g|h|i");
+    /* an invalid lead byte between ASCII letters separates them */
+    raw_tokens_are(B("ab\xC3" "x yz\xE2\x82"), 0, "ab|x|yz");
+    /* stopwords are lowercase ASCII words: dropped only as such */
+    raw_tokens_are(B("the caf\xC3\xA9 is THE it's of\xC3\xA9 a"), 1, "caf\xC3\xA9|THE|of\xC3\xA9");
+    /* 64-byte cut that falls inside a 2-byte sequence after an ASCII start: 'a' + 31 é */
+    char buf[128];
+    buf[0] = 'a';
+    for (int i = 0; i < 40; i++)
+        memcpy(buf + 1 + 2 * i, "\xC3\xA9", 2);
+    toks k;
+    memset(&k, 0, sizeof k);
+    assert_int_equal(rag_tokenize(buf, 81, 0, on_tok, &k), RAG_OK);
+    assert_int_equal(k.count, 1);
+    assert_int_equal(k.len, 63);
+    /* all-ASCII token of 70 letters: cut at 64 exactly */
+    memset(buf, 'q', 70);
+    memset(&k, 0, sizeof k);
+    assert_int_equal(rag_tokenize(buf, 70, 0, on_tok, &k), RAG_OK);
+    assert_int_equal(k.count, 1);
+    assert_int_equal(k.len, 64);
+}
+
+/* The list in src/common/text.c, copied: the hash set must hold exactly these. */
+static const char *const ref_stopwords[] = {
+    "a", "about", "above", "after", "again", "against", "all", "am", "an", "and", "any", "are",
+    "as", "at", "be", "because", "been", "before", "being", "below", "between", "both", "but",
+    "by", "can", "could", "did", "do", "does", "doing", "down", "during", "each", "few", "for",
+    "from", "further", "had", "has", "have", "having", "he", "her", "here", "hers", "herself",
+    "him", "himself", "his", "how", "i", "if", "in", "into", "is", "it", "it's", "its", "itself",
+    "just", "me", "more", "most", "my", "myself", "no", "nor", "not", "now", "of", "off", "on",
+    "once", "only", "or", "other", "our", "ours", "ourselves", "out", "over", "own", "same",
+    "she", "should", "so", "some", "such", "than", "that", "the", "their", "theirs", "them",
+    "themselves", "then", "there", "these", "they", "this", "those", "through", "to", "too",
+    "under", "until", "up", "very", "was", "we", "were", "what", "when", "where", "which",
+    "while", "who", "whom", "why", "will", "with", "would", "you", "your", "yours", "yourself",
+    "yourselves",
+};
+#define N_REF_STOP (sizeof ref_stopwords / sizeof ref_stopwords[0])
+
+static int ref_is_stopword(const char *w, size_t len)
+{
+    for (size_t i = 0; i < N_REF_STOP; i++)
+        if (strlen(ref_stopwords[i]) == len && memcmp(ref_stopwords[i], w, len) == 0)
+            return 1;
+    return 0;
+}
+
+/* rag_is_stopword on an exact-size copy: no read past `len`. */
+static int stop_exact(const char *w, size_t len)
+{
+    char *p = exact_copy(w, len);
+    int r = rag_is_stopword(p, len);
+    free(p);
+    return r;
+}
+
+static void test_stopword_set(void **state)
+{
+    (void)state;
+    size_t maxlen = 0;
+    for (size_t i = 0; i < N_REF_STOP; i++) {
+        const char *w = ref_stopwords[i];
+        size_t l = strlen(w);
+        if (l > maxlen)
+            maxlen = l;
+        if (stop_exact(w, l) != 1)
+            fail_msg("\"%s\" is a stopword", w);
+        char v[32];
+        /* every proper prefix and every one-letter extension that is not itself listed */
+        for (size_t p = 0; p < l; p++)
+            assert_int_equal(stop_exact(w, p), ref_is_stopword(w, p));
+        for (char c = 'a'; c <= 'z'; c++) {
+            memcpy(v, w, l);
+            v[l] = c;
+            assert_int_equal(stop_exact(v, l + 1), ref_is_stopword(v, l + 1));
+            v[l] = 0;
+            assert_int_equal(stop_exact(v, l + 1), 0); /* a trailing NUL is no match */
+        }
+        /* case variants: the list is casefolded */
+        memcpy(v, w, l);
+        v[0] = (char)(v[0] - 32);
+        assert_int_equal(stop_exact(v, l), 0);
+        for (size_t j = 0; j < l; j++)
+            v[j] = (v[j] >= 'a' && v[j] <= 'z') ? (char)(v[j] - 32) : v[j];
+        assert_int_equal(stop_exact(v, l), 0);
+    }
+    assert_int_equal(maxlen, 10);
+    assert_int_equal(stop_exact(B("The")), 0);
+    assert_int_equal(stop_exact(B("th")), 0);
+    assert_int_equal(stop_exact(B("thee")), 0);
+    assert_int_equal(stop_exact(B("yourselvess")), 0);
+    assert_int_equal(rag_is_stopword("", 0), 0);
+    assert_int_equal(rag_is_stopword(NULL, 0), 0);
+    assert_int_equal(rag_is_stopword(NULL, 3), 0);
+    /* longer than the longest stopword: 0 without looking (a long read would be caught) */
+    char lng[4096];
+    memset(lng, 'a', sizeof lng);
+    for (size_t l = maxlen + 1; l < sizeof lng; l = l * 2 + 1)
+        assert_int_equal(stop_exact(lng, l), 0);
+    memcpy(lng, "yourselves", 10);
+    assert_int_equal(stop_exact(lng, 11), 0);
+    assert_int_equal(stop_exact(lng, 10), 1);
+    /* random words over the letters of the list and ': same answer as a linear search */
+    uint64_t seed = 77;
+    static const char alpha[] = "abcdefhilmnorstuvwy'";
+    int hits = 0;
+    for (int iter = 0; iter < 200000; iter++) {
+        char w[16];
+        size_t l = 1 + rng_next(&seed) % 11;
+        for (size_t i = 0; i < l; i++)
+            w[i] = alpha[rng_next(&seed) % (sizeof alpha - 1)];
+        int want = ref_is_stopword(w, l);
+        hits += want;
+        if (rag_is_stopword(w, l) != want)
+            fail_msg("rag_is_stopword(%.*s) != %d", (int)l, w, want);
+    }
+    assert_true(hits > 100); /* the sample did reach real stopwords */
+    /* the tokenizer drops exactly the list (a word list in one string) */
+    char text[2048];
+    size_t tl = 0;
+    for (size_t i = 0; i < N_REF_STOP; i++) {
+        size_t l = strlen(ref_stopwords[i]);
+        memcpy(text + tl, ref_stopwords[i], l);
+        tl += l;
+        text[tl++] = ' ';
+    }
+    memcpy(text + tl, "kept", 4);
+    tl += 4;
+    toks k;
+    memset(&k, 0, sizeof k);
+    assert_int_equal(rag_tokenize(text, tl, 1, on_tok, &k), RAG_OK);
+    assert_string_equal(k.buf, "kept");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -828,6 +1184,10 @@ int main(void)
         cmocka_unit_test(test_scripts),
         cmocka_unit_test(test_tokenizer),
         cmocka_unit_test(test_stopwords),
+        cmocka_unit_test(test_ascii_fast_path_differential),
+        cmocka_unit_test(test_ascii_detection_every_position),
+        cmocka_unit_test(test_tokenizer_mixed_ascii),
+        cmocka_unit_test(test_stopword_set),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -7,6 +7,7 @@
  * SciFact (quality and latency) when ../shared/data has it.
  */
 #include <jansson.h>
+#include <libstemmer.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -20,6 +21,7 @@
 #include "rag_events.h"
 #include "rag_index_api.h"
 #include "rag_queue.h"
+#include "rag_text.h"
 
 #define DIM 8
 
@@ -966,6 +968,480 @@ static void test_scifact(void **state)
     free(r_path);
 }
 
+/* ---- issue 9: stem cache and term_sort -------------------------------------------------- */
+
+static uint64_t lx_rng(uint64_t *s)
+{
+    *s = *s * 6364136223846793005ULL + 1442695040888963407ULL;
+    return *s >> 33;
+}
+
+/* A term list as the analysis leaves it (text order, unfinished), copied out. */
+typedef struct term_seq {
+    size_t n, cap;
+    char **t;
+    size_t *len;
+} term_seq;
+
+static void seq_push(term_seq *q, const char *s, size_t len)
+{
+    if (q->n == q->cap) {
+        q->cap = q->cap ? q->cap * 2 : 64;
+        q->t = realloc(q->t, q->cap * sizeof *q->t);
+        q->len = realloc(q->len, q->cap * sizeof *q->len);
+        assert_non_null(q->t);
+        assert_non_null(q->len);
+    }
+    q->t[q->n] = malloc(len + 1);
+    assert_non_null(q->t[q->n]);
+    memcpy(q->t[q->n], s, len);
+    q->t[q->n][len] = 0;
+    q->len[q->n++] = len;
+}
+
+static void seq_free(term_seq *q)
+{
+    for (size_t i = 0; i < q->n; i++)
+        free(q->t[i]);
+    free(q->t);
+    free(q->len);
+    memset(q, 0, sizeof *q);
+}
+
+/* The analysis without any cache: NFKC casefold, tokenize without stopwords, and a Snowball
+ * stemmer of its own for every token (what lexical.c did before the cache). */
+typedef struct ref_ctx {
+    struct sb_stemmer *sb;
+    term_seq *q;
+} ref_ctx;
+
+static int ref_on_token(void *arg, const char *tok, size_t len)
+{
+    ref_ctx *r = arg;
+    const sb_symbol *s = sb_stemmer_stem(r->sb, (const sb_symbol *)tok, (int)len);
+    assert_non_null(s);
+    int sl = sb_stemmer_length(r->sb);
+    if (sl <= 0)
+        seq_push(r->q, tok, len);
+    else
+        seq_push(r->q, (const char *)s, (size_t)sl);
+    return 0;
+}
+
+static void ref_analyze(const char *text, term_seq *out)
+{
+    char *f = NULL;
+    size_t fl = 0;
+    OK(rag_utf8_nfkc_casefold(text, strlen(text), &f, &fl));
+    ref_ctx r = {sb_stemmer_new("english", "UTF_8"), out};
+    assert_non_null(r.sb);
+    OK(rag_tokenize(f, fl, 1, ref_on_token, &r));
+    sb_stemmer_delete(r.sb);
+    free(f);
+}
+
+static void pool_analyze(ix_stemmers *pool, const char *text, term_seq *out)
+{
+    ix_terms t;
+    memset(&t, 0, sizeof t);
+    OK(rag_index__terms_analyze(pool, &t, text, strlen(text)));
+    assert_int_equal(t.length, t.n);
+    for (size_t i = 0; i < t.n; i++)
+        seq_push(out, t.buf + t.t[i].off, t.t[i].len);
+    rag_index__terms_free(&t);
+}
+
+static void seq_same(const char *what, const char *text, const term_seq *a, const term_seq *b)
+{
+    if (a->n != b->n)
+        fail_msg("%s: %zu terms vs %zu for \"%.200s\"", what, a->n, b->n, text);
+    for (size_t i = 0; i < a->n; i++)
+        if (a->len[i] != b->len[i] || memcmp(a->t[i], b->t[i], a->len[i]) != 0)
+            fail_msg("%s: term %zu is \"%s\", want \"%s\" (text \"%.200s\")", what, i, a->t[i],
+                     b->t[i], text);
+}
+
+/* Analyse `text` with `pool` and compare with the cache-free reference. */
+static void check_analysis(ix_stemmers *pool, const char *text)
+{
+    term_seq got = {0}, want = {0};
+    pool_analyze(pool, text, &got);
+    ref_analyze(text, &want);
+    seq_same("cached analysis vs reference", text, &got, &want);
+    seq_free(&got);
+    seq_free(&want);
+}
+
+static const char *const lx_suffixes[] = {"",     "s",    "es",     "ed",      "ing",  "ly",
+                                          "ness", "ies",  "ation",  "ational", "izing", "y",
+                                          "ful",  "ment", "ousness", "ically", "\xC3\xA9", "ers"};
+
+/* A word made unique by `id` (4 letters), with a random middle and an English suffix; some
+ * carry é, ß or capitals, which the casefold changes before stemming. */
+static size_t lx_word(uint64_t *seed, unsigned id, char *out, size_t max_mid)
+{
+    size_t n = 0;
+    for (int d = 0; d < 4; d++) {
+        out[n++] = (char)('a' + id % 26);
+        id /= 26;
+    }
+    size_t mid = lx_rng(seed) % (max_mid + 1);
+    for (size_t i = 0; i < mid; i++) {
+        uint64_t r = lx_rng(seed) % 60;
+        if (r == 0) {
+            memcpy(out + n, "\xC3\x9F", 2); /* ß -> ss */
+            n += 2;
+        } else if (r == 1) {
+            out[n++] = (char)('A' + lx_rng(seed) % 26);
+        } else {
+            out[n++] = "aeiouaeiourstlnmcdpbgh"[lx_rng(seed) % 22];
+        }
+    }
+    const char *suf = lx_suffixes[lx_rng(seed) % (sizeof lx_suffixes / sizeof lx_suffixes[0])];
+    memcpy(out + n, suf, strlen(suf));
+    n += strlen(suf);
+    out[n] = 0;
+    return n;
+}
+
+/* Same text, same pool, three times: identical terms, equal to the reference; then 20,000
+ * distinct words (4096 direct-mapped slots: most of them collide and evict) and a Zipf-like
+ * stream over a vocabulary (hits after evictions), every analysis checked against the
+ * reference; then the first text again. */
+static void test_stem_cache(void **state)
+{
+    tctx *c = *state;
+    ix_stemmers *pool = &c->ix->stemmers;
+    const char *first = "The runners were running; she runs. Connections connected, "
+                        "CONNECTING connectivity. Generalizations generally generate "
+                        "relational relativity. Caf\xC3\xA9s stra\xC3\x9F" "e STRASSE.";
+    term_seq r1 = {0}, r2 = {0}, r3 = {0}, ref = {0};
+    pool_analyze(pool, first, &r1);
+    pool_analyze(pool, first, &r2);
+    pool_analyze(pool, first, &r3);
+    ref_analyze(first, &ref);
+    assert_int_equal(ref.n, 15);
+    seq_same("first pass", first, &r1, &ref);
+    seq_same("second pass (cache hits)", first, &r2, &ref);
+    seq_same("third pass", first, &r3, &ref);
+
+    uint64_t seed = 0x5EEDULL;
+    enum { WORDS = 20000, PER_TEXT = 100 };
+    char *text = malloc(PER_TEXT * 80);
+    assert_non_null(text);
+    char (*vocab)[80] = malloc(8000 * sizeof *vocab);
+    assert_non_null(vocab);
+    for (unsigned w = 0; w < WORDS;) {
+        size_t tl = 0;
+        for (int i = 0; i < PER_TEXT && w < WORDS; i++, w++) {
+            char word[80];
+            size_t l = lx_word(&seed, w, word, 12);
+            if (w < 8000)
+                memcpy(vocab[w], word, l + 1);
+            memcpy(text + tl, word, l);
+            tl += l;
+            text[tl++] = ' ';
+        }
+        text[tl] = 0;
+        check_analysis(pool, text);
+    }
+    for (int round = 0; round < 300; round++) {
+        size_t tl = 0;
+        for (int i = 0; i < PER_TEXT; i++) {
+            double u = (double)(lx_rng(&seed) % 1000000) / 1000000.0;
+            size_t idx = (size_t)(8000.0 * u * u * u);
+            size_t l = strlen(vocab[idx]);
+            memcpy(text + tl, vocab[idx], l);
+            tl += l;
+            text[tl++] = (i % 7 == 6) ? '.' : ' ';
+        }
+        text[tl] = 0;
+        check_analysis(pool, text);
+    }
+    term_seq again = {0};
+    pool_analyze(pool, first, &again);
+    seq_same("first text after 20,000 words", first, &again, &ref);
+    seq_free(&again);
+    free(vocab);
+    free(text);
+    seq_free(&r1);
+    seq_free(&r2);
+    seq_free(&r3);
+    seq_free(&ref);
+}
+
+/* Words around the cache's 30-byte slot limit (and far beyond it) stem as with a fresh pool
+ * and as Snowball itself, whether seen once or many times. */
+static void test_stem_cache_long_words(void **state)
+{
+    tctx *c = *state;
+    const char *words[] = {
+        "antidisestablishmentarianism",                 /* 28 */
+        "antidisestablishmentarianisms",                /* 29 */
+        "antidisestablishmentarianismes",               /* 30 */
+        "antidisestablishmentarianistic",               /* 30 */
+        "antidisestablishmentarianistics",              /* 31 */
+        "antidisestablishmentarianizations",            /* 33 */
+        "pneumonoultramicroscopicsilicovolcanoconiosis", /* 45 */
+        "internationalizationalizationalizationalizing", /* 45 */
+        "supercalifragilisticexpialidocious",            /* 34 */
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaing",
+        "caf\xC3\xA9" "caf\xC3\xA9" "caf\xC3\xA9" "caf\xC3\xA9" "caf\xC3\xA9" "cafes", /* 30 */
+        "caf\xC3\xA9" "caf\xC3\xA9" "caf\xC3\xA9" "caf\xC3\xA9" "caf\xC3\xA9" "cafess",
+        "stra\xC3\x9F" "enbahnverwaltungsgesellschaften", /* ß folds to ss: 40 bytes */
+    };
+    ix_stemmers fresh;
+    OK(rag_index__stemmers_init(&fresh));
+    char text[2048];
+    size_t tl = 0;
+    for (size_t i = 0; i < sizeof words / sizeof words[0]; i++) {
+        tl += (size_t)snprintf(text + tl, sizeof text - tl, "%s ", words[i]);
+        /* a prefix of each word, which shares its hash slot with nothing in particular */
+        tl += (size_t)snprintf(text + tl, sizeof text - tl, "%.29s ", words[i]);
+    }
+    for (int pass = 0; pass < 3; pass++) {
+        term_seq got = {0}, fr = {0};
+        pool_analyze(&c->ix->stemmers, text, &got);
+        ix_stemmers once;
+        OK(rag_index__stemmers_init(&once));
+        pool_analyze(&once, text, &fr);
+        rag_index__stemmers_free(&once);
+        seq_same("long words vs a fresh pool", text, &got, &fr);
+        check_analysis(&c->ix->stemmers, text);
+        check_analysis(&fresh, text);
+        seq_free(&got);
+        seq_free(&fr);
+    }
+    /* Each word alone, repeated in one text: the cache (or its absence) answers each time. */
+    for (size_t i = 0; i < sizeof words / sizeof words[0]; i++) {
+        snprintf(text, sizeof text, "%s %s, %s. %s", words[i], words[i], words[i], words[i]);
+        check_analysis(&c->ix->stemmers, text);
+    }
+    rag_index__stemmers_free(&fresh);
+}
+
+/* memcmp, then the shorter first: the order term lists are stored and merged in. */
+static int ref_term_cmp(const char *a, size_t al, const char *b, size_t bl)
+{
+    int c = memcmp(a, b, al < bl ? al : bl);
+    if (c)
+        return c;
+    return (al > bl) - (al < bl);
+}
+
+typedef struct ref_term {
+    const char *s;
+    size_t len;
+    uint64_t tf;
+} ref_term;
+
+static int ref_term_qsort(const void *x, const void *y)
+{
+    const ref_term *a = x, *b = y;
+    return ref_term_cmp(a->s, a->len, b->s, b->len);
+}
+
+/* Push `n` tokens (given by pointers into `pool_buf`) through rag_index__terms_append and
+ * finish; check order, tf, length and keys against a qsort reference. */
+static void check_finish(char **toks, const size_t *lens, const uint32_t *tfs, size_t n)
+{
+    /* the source list, built by hand as the analysis would (tf = given) */
+    ix_terms src;
+    memset(&src, 0, sizeof src);
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++)
+        total += lens[i] + 1;
+    src.buf = malloc(total ? total : 1);
+    src.t = calloc(n ? n : 1, sizeof *src.t);
+    assert_non_null(src.buf);
+    assert_non_null(src.t);
+    uint64_t tf_sum = 0;
+    for (size_t i = 0; i < n; i++) {
+        memcpy(src.buf + src.buf_len, toks[i], lens[i]);
+        src.buf[src.buf_len + lens[i]] = 0;
+        src.t[i].off = src.buf_len;
+        src.t[i].len = (uint32_t)lens[i];
+        src.t[i].tf = tfs[i];
+        src.buf_len += lens[i] + 1;
+        tf_sum += tfs[i];
+    }
+    src.n = src.cap = n;
+    src.buf_cap = total;
+    src.length = (uint32_t)n;
+
+    ix_terms t;
+    memset(&t, 0, sizeof t);
+    OK(rag_index__terms_append(&t, &src));
+    assert_int_equal(t.n, n);
+    OK(rag_index__terms_finish(&t));
+    assert_int_equal(t.length, n);
+
+    /* reference: qsort and merge */
+    ref_term *r = calloc(n ? n : 1, sizeof *r);
+    assert_non_null(r);
+    for (size_t i = 0; i < n; i++)
+        r[i] = (ref_term){toks[i], lens[i], tfs[i]};
+    qsort(r, n, sizeof *r, ref_term_qsort);
+    size_t u = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (u && ref_term_cmp(r[u - 1].s, r[u - 1].len, r[i].s, r[i].len) == 0)
+            r[u - 1].tf += r[i].tf;
+        else
+            r[u++] = r[i];
+    }
+    assert_int_equal(t.n, u);
+    uint64_t got_sum = 0;
+    for (size_t i = 0; i < t.n; i++) {
+        const char *s = t.buf + t.t[i].off;
+        got_sum += t.t[i].tf;
+        if (i)
+            assert_true(ref_term_cmp(t.buf + t.t[i - 1].off, t.t[i - 1].len, s, t.t[i].len) <
+                        0); /* strictly increasing: sorted and unique */
+        if (t.t[i].len != r[i].len || memcmp(s, r[i].s, r[i].len) != 0 || t.t[i].tf != r[i].tf)
+            fail_msg("term %zu of %zu: len %u tf %u, want len %zu tf %llu", i, t.n, t.t[i].len,
+                     t.t[i].tf, r[i].len, (unsigned long long)r[i].tf);
+        uint64_t key = 0;
+        for (size_t b = 0; b < 8; b++)
+            key = key << 8 | (b < t.t[i].len ? (unsigned char)s[b] : 0);
+        assert_true(t.t[i].key == key); /* the documented prefix key */
+    }
+    assert_true(got_sum == tf_sum);
+    free(r);
+    rag_index__terms_free(&t);
+    rag_index__terms_free(&src);
+}
+
+static void test_terms_finish_differential(void **state)
+{
+    (void)state;
+    /* Prefixes that many terms share, so that most comparisons tie on the 8-byte key;
+     * bytes 0x00 and >= 0x80 check that the key and the tail compare unsigned, like memcmp. */
+    static const char *const prefixes[] = {"", "a", "abcdefgh", "abcdefgi", "abcdefg",
+                                           "\xC3\xA9t\xC3\xA9", "zzzzzzzz", "\xFF\xFF\xFF\xFF",
+                                           "ab\x00\x00", "ab"};
+    static const size_t prefix_len[] = {0, 1, 8, 8, 7, 6, 8, 4, 4, 2};
+    static const char alpha[] = {'a', 'b', 'z', 0x00, 0x7F, (char)0x80, (char)0xC3, (char)0xFF};
+    uint64_t seed = 0xD1FFULL;
+    enum { MAXN = 600 };
+    char *store = malloc(MAXN * 48);
+    char **toks = malloc(MAXN * sizeof *toks);
+    size_t *lens = malloc(MAXN * sizeof *lens);
+    uint32_t *tfs = malloc(MAXN * sizeof *tfs);
+    assert_non_null(store);
+    for (int iter = 0; iter < 1500; iter++) {
+        size_t n;
+        switch (iter) { /* the sizes around the insertion-sort cut-off, then random */
+        case 0: n = 0; break;
+        case 1: n = 1; break;
+        case 2: n = 2; break;
+        case 3: n = 16; break;
+        case 4: n = 17; break;
+        case 5: n = 500; break;
+        default: n = lx_rng(&seed) % 501;
+        }
+        int shape = iter % 5; /* 0,1 random; 2 sorted; 3 reversed; 4 one term repeated */
+        for (size_t i = 0; i < n; i++) {
+            toks[i] = store + i * 48;
+            tfs[i] = shape == 1 ? 1 + (uint32_t)(lx_rng(&seed) % 3) : 1;
+            if (i && (lx_rng(&seed) % 4 == 0 || shape == 4)) { /* a duplicate */
+                size_t j = shape == 4 ? 0 : lx_rng(&seed) % i;
+                memcpy(toks[i], toks[j], lens[j]);
+                lens[i] = lens[j];
+                continue;
+            }
+            size_t p = lx_rng(&seed) % (sizeof prefixes / sizeof prefixes[0]);
+            size_t l = 1 + lx_rng(&seed) % 40;
+            size_t pl = prefix_len[p] < l ? prefix_len[p] : l;
+            memcpy(toks[i], prefixes[p], pl);
+            for (size_t b = pl; b < l; b++)
+                toks[i][b] = alpha[lx_rng(&seed) % sizeof alpha];
+            lens[i] = l;
+        }
+        if (shape == 2 || shape == 3) { /* already ordered input (quicksort's worst cases) */
+            for (size_t i = 1; i < n; i++)
+                for (size_t j = i; j > 0; j--) {
+                    int cmp = ref_term_cmp(toks[j - 1], lens[j - 1], toks[j], lens[j]);
+                    if (shape == 2 ? cmp <= 0 : cmp >= 0)
+                        break;
+                    char *ts = toks[j];
+                    toks[j] = toks[j - 1];
+                    toks[j - 1] = ts;
+                    size_t tl = lens[j];
+                    lens[j] = lens[j - 1];
+                    lens[j - 1] = tl;
+                }
+        }
+        check_finish(toks, lens, tfs, n);
+    }
+    /* A long list (the recursion and the partition loop at depth): 20,000 tokens. */
+    enum { BIG = 20000 };
+    char *bstore = malloc(BIG * 24);
+    char **btoks = malloc(BIG * sizeof *btoks);
+    size_t *blens = malloc(BIG * sizeof *blens);
+    uint32_t *btfs = malloc(BIG * sizeof *btfs);
+    for (size_t i = 0; i < BIG; i++) {
+        btoks[i] = bstore + i * 24;
+        size_t l = 9 + lx_rng(&seed) % 12;
+        memcpy(btoks[i], "samepref", 8);
+        for (size_t b = 8; b < l; b++)
+            btoks[i][b] = (char)('a' + lx_rng(&seed) % 3);
+        blens[i] = l;
+        btfs[i] = 1;
+    }
+    check_finish(btoks, blens, btfs, BIG);
+    free(bstore);
+    free(btoks);
+    free(blens);
+    free(btfs);
+    free(store);
+    free(toks);
+    free(lens);
+    free(tfs);
+}
+
+/* Synthetic text through the analysis, then finish: same checks on real stems. */
+static void test_terms_finish_analyzed(void **state)
+{
+    tctx *c = *state;
+    uint64_t seed = 99;
+    char text[8192];
+    for (int iter = 0; iter < 200; iter++) {
+        size_t tl = 0;
+        size_t words = lx_rng(&seed) % 120;
+        for (size_t i = 0; i < words; i++) {
+            char w[80];
+            size_t l = lx_word(&seed, (unsigned)(lx_rng(&seed) % 40), w, 6);
+            memcpy(text + tl, w, l);
+            tl += l;
+            text[tl++] = ' ';
+        }
+        text[tl] = 0;
+        term_seq want = {0};
+        ref_analyze(text, &want);
+        ix_terms t;
+        memset(&t, 0, sizeof t);
+        OK(rag_index__terms_analyze(&c->ix->stemmers, &t, text, tl));
+        OK(rag_index__terms_finish(&t));
+        assert_int_equal(t.length, want.n);
+        uint64_t sum = 0;
+        for (size_t i = 0; i < t.n; i++) {
+            sum += t.t[i].tf;
+            if (i)
+                assert_true(ref_term_cmp(t.buf + t.t[i - 1].off, t.t[i - 1].len,
+                                         t.buf + t.t[i].off, t.t[i].len) < 0);
+            /* tf = occurrences of this stem in the reference */
+            uint32_t occ = 0;
+            for (size_t j = 0; j < want.n; j++)
+                occ += want.len[j] == t.t[i].len &&
+                       memcmp(want.t[j], t.buf + t.t[i].off, t.t[i].len) == 0;
+            assert_int_equal(occ, t.t[i].tf);
+        }
+        assert_true(sum == want.n);
+        rag_index__terms_free(&t);
+        seq_free(&want);
+    }
+}
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
 
 int main(void)
@@ -975,6 +1451,9 @@ int main(void)
         T(test_update_delete_revert), T(test_compaction),    T(test_concurrent_switch),
         T(test_acl_inside),       T(test_rebuild),           T(test_applied),
         T(test_check_lexical),    T(test_scifact),
+        T(test_stem_cache),       T(test_stem_cache_long_words),
+        cmocka_unit_test(test_terms_finish_differential),
+        T(test_terms_finish_analyzed),
     };
     return cmocka_run_group_tests_name("index lexical side (BM25)", tests, NULL, NULL);
 }

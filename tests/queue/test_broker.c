@@ -302,6 +302,229 @@ static void test_restart_releases_leases(void **state)
     qt_depth(f->t, "t", 0, 1, 0);
 }
 
+/* ---- deferred acks (issue 9) --------------------------------------------------------------
+ * br_ack only queues; the next fetch or publish txn applies the queued acks, and depth, wait
+ * and free flush them in a txn of their own.  The broker's committed tables are read
+ * directly (no broker call, so no flush) to see what has been written. */
+
+static uint64_t committed(rag_queue_transport *t, const char *table)
+{
+    MDB_env *env = rag_queue_lmdb_transport_env(t);
+    assert_non_null(env);
+    return qt_table_count(env, table);
+}
+
+/* Messages the broker's tables hold: state, body, visibility entry and id must agree. */
+static uint64_t held(rag_queue_transport *t)
+{
+    uint64_t n = committed(t, "q_state");
+    assert_int_equal(committed(t, "q_body"), n);
+    assert_int_equal(committed(t, "q_vis"), n);
+    assert_int_equal(committed(t, "q_ids"), n);
+    return n;
+}
+
+static void test_ack_then_depth(void **state)
+{
+    fx *f = *state;
+    rag_queue_transport *t = f->t;
+    publish_n(t, "t", "a", 0, 3);
+    rag_queue_message out[3];
+    size_t n;
+    OK(t->fetch(t->state, "t", 3, 600000, out, &n));
+    assert_int_equal(n, 3);
+    OK(t->ack(t->state, out, 2));
+    assert_int_equal(held(t), 3); /* queued, not written yet */
+    qt_depth(t, "t", 0, 0, 1);    /* acked: neither in flight nor ready */
+    assert_int_equal(held(t), 1); /* the depth count wrote them */
+    OK(t->ack(t->state, out + 2, 1));
+    qt_depth(t, "t", 0, 0, 0);
+    assert_int_equal(held(t), 0);
+    t->release(t->state, out, n);
+}
+
+static void test_ack_then_lease_expiry(void **state)
+{
+    fx *f = *state;
+    rag_queue_transport *t = f->t;
+    publish_n(t, "t", "e", 0, 3);
+    rag_queue_message a[3], b[3];
+    size_t n;
+    OK(t->fetch(t->state, "t", 3, 50, a, &n));
+    assert_int_equal(n, 3);
+    OK(t->ack(t->state, a, 2)); /* e-0, e-1 acked; e-2 not */
+    qt_sleep_ms(120);           /* every lease has expired */
+    /* No depth/wait in between: the fetch itself must apply the acks before it looks. */
+    OK(t->fetch(t->state, "t", 3, 600000, b, &n));
+    assert_int_equal(n, 1);
+    assert_string_equal(b[0].id, "e-2");
+    assert_int_equal(b[0].attempts, 2);
+    assert_int_equal(held(t), 1); /* the fetch committed the acks */
+    /* acks of a topic leave with a fetch of another topic too */
+    OK(t->ack(t->state, b, 1));
+    t->release(t->state, b, 1);
+    rag_queue_message c[1];
+    OK(t->fetch(t->state, "other", 1, 1000, c, &n));
+    assert_int_equal(n, 0);
+    assert_int_equal(held(t), 0);
+    OK(t->fetch(t->state, "t", 3, 600000, b, &n));
+    assert_int_equal(n, 0);
+    t->release(t->state, a, 3);
+}
+
+static void test_ack_then_free(void **state)
+{
+    fx *f = *state;
+    publish_n(f->t, "t", "f", 0, 3);
+    rag_queue_message a[3];
+    size_t n;
+    OK(f->t->fetch(f->t->state, "t", 3, 600000, a, &n));
+    assert_int_equal(n, 3);
+    OK(f->t->ack(f->t->state, a, 2));
+    f->t->release(f->t->state, a, n);
+    qt_transport_free(f->t); /* writes the queued acks */
+    f->t = NULL;
+    OK(rag_queue_lmdb_transport_new(&f->t, &f->cfg));
+    assert_int_equal(held(f->t), 1);
+    qt_depth(f->t, "t", 1, 0, 0); /* the unacked one, its lease released by the restart */
+    OK(f->t->fetch(f->t->state, "t", 3, 600000, a, &n));
+    assert_int_equal(n, 1);
+    assert_string_equal(a[0].id, "f-2");
+    OK(f->t->ack(f->t->state, a, 1));
+    f->t->release(f->t->state, a, 1);
+    qt_depth(f->t, "t", 0, 0, 0);
+}
+
+/* The id check: an ack names (handle, id); a handle whose message has another id is never
+ * deleted.  And acks of a delivery that was re-leased meanwhile are harmless to the rest. */
+static void test_ack_stale_handle(void **state)
+{
+    fx *f = *state;
+    rag_queue_transport *t = f->t;
+    publish_n(t, "t", "s", 0, 2);
+    rag_queue_message a[2];
+    size_t n;
+    OK(t->fetch(t->state, "t", 2, 600000, a, &n));
+    assert_int_equal(n, 2);
+    rag_queue_message forged = a[1];
+    snprintf(forged.id, sizeof forged.id, "%s", a[0].id); /* s-1's handle, s-0's id */
+    OK(t->ack(t->state, &forged, 1));
+    qt_depth(t, "t", 0, 0, 2); /* flushed: nothing deleted */
+    assert_int_equal(held(t), 2);
+    forged.handle = 987654321; /* no such handle: harmless */
+    OK(t->ack(t->state, &forged, 1));
+    publish_n(t, "t", "s", 2, 3); /* a publish applies it: still nothing deleted */
+    assert_int_equal(held(t), 3);
+    OK(t->ack(t->state, a, 2));
+    t->release(t->state, a, 2);
+    qt_depth(t, "t", 1, 0, 0);
+
+    /* A delivery whose lease expired and was leased again (attempts 2): the first
+     * consumer's late ack and the second consumer's ack, in either order, leave the other
+     * messages alone and the message is not delivered again. */
+    rag_queue_message first[1], second[1], rest[2];
+    OK(t->fetch(t->state, "t", 1, 50, first, &n));
+    assert_int_equal(n, 1);
+    assert_string_equal(first[0].id, "s-2");
+    qt_sleep_ms(120);
+    OK(t->fetch(t->state, "t", 1, 600000, second, &n));
+    assert_int_equal(n, 1);
+    assert_string_equal(second[0].id, "s-2");
+    assert_int_equal(second[0].attempts, 2);
+    assert_true(second[0].handle == first[0].handle); /* the handle is the message's */
+    publish_n(t, "t", "s", 3, 5);
+    OK(t->ack(t->state, first, 1));  /* late */
+    OK(t->ack(t->state, second, 1)); /* current; same message: applied once */
+    OK(t->fetch(t->state, "t", 2, 600000, rest, &n));
+    assert_int_equal(n, 2);
+    assert_string_equal(rest[0].id, "s-3");
+    assert_string_equal(rest[1].id, "s-4");
+    assert_int_equal(held(t), 2);
+    OK(t->nak(t->state, &second[0], 0)); /* a nak of a deleted message: no effect */
+    qt_depth(t, "t", 0, 0, 2);
+    OK(t->ack(t->state, rest, 2));
+    qt_depth(t, "t", 0, 0, 0);
+    t->release(t->state, first, 1);
+    t->release(t->state, second, 1);
+    t->release(t->state, rest, 2);
+}
+
+/* A publish applies the queued acks in its own txn: the committed tables show them gone
+ * right after it, before any depth, wait or fetch. */
+static void test_publish_applies_acks(void **state)
+{
+    fx *f = *state;
+    rag_queue_transport *t = f->t;
+    publish_n(t, "t", "q", 0, 2);
+    rag_queue_message a[2];
+    size_t n;
+    OK(t->fetch(t->state, "t", 2, 600000, a, &n));
+    assert_int_equal(n, 2);
+    OK(t->ack(t->state, a, 1));
+    assert_int_equal(held(t), 2);
+    publish_n(t, "u", "r", 0, 1);
+    assert_int_equal(held(t), 2); /* q-0 gone, r-0 added */
+    MDB_env *env = rag_queue_lmdb_transport_env(t);
+    MDB_dbi ids;
+    OK(rag_dbi_open(env, "q_ids", 0, &ids));
+    MDB_txn *txn;
+    assert_int_equal(mdb_txn_begin(env, NULL, MDB_RDONLY, &txn), 0);
+    MDB_val k = {3, "q-0"}, v;
+    assert_int_equal(mdb_get(txn, ids, &k, &v), MDB_NOTFOUND);
+    k.mv_data = "q-1";
+    assert_int_equal(mdb_get(txn, ids, &k, &v), 0);
+    mdb_txn_abort(txn);
+    /* The id is free again: a re-publish of q-0 is a new message (as with an ack before). */
+    qt_depth(t, "t", 0, 0, 1);
+    qt_depth(t, "u", 1, 0, 0);
+    /* wait() flushes too */
+    OK(t->ack(t->state, a + 1, 1));
+    assert_int_equal(held(t), 2);
+    OK(t->wait(t->state, "u", 0));
+    assert_int_equal(held(t), 1);
+    t->release(t->state, a, 2);
+}
+
+/* A publish whose txn fails gives its acks back: they are written by the next txn. */
+static void test_failed_publish_keeps_acks(void **state)
+{
+    fx *f = *state;
+    /* A small broker map that a big message cannot fit. */
+    char *root = rag_test_tmpdir("queue-broker-small");
+    rag_config cfg;
+    rag_options o;
+    rag_options_init(&o);
+    o.no_sync = 1;
+    o.map_size_mb = 16; /* the least allowed */
+    OK(rag_config_init(&cfg, root, &o));
+    rag_queue_transport *t = NULL;
+    OK(rag_queue_lmdb_transport_new(&t, &cfg));
+    (void)f;
+    publish_n(t, "t", "k", 0, 2);
+    rag_queue_message a[2];
+    size_t n;
+    OK(t->fetch(t->state, "t", 2, 600000, a, &n));
+    assert_int_equal(n, 2);
+    OK(t->ack(t->state, a, 1));
+    size_t big = 20u * 1024 * 1024;
+    char *payload = malloc(big + 1);
+    assert_non_null(payload);
+    memset(payload, 'x', big);
+    payload[big] = 0;
+    rag_queue_message m = qt_msg("t", "too-big", payload);
+    int rc = t->publish(t->state, &m, 1);
+    assert_true(rc != RAG_OK); /* the map is full */
+    rag_error_clear();
+    free(payload);
+    assert_int_equal(held(t), 2);  /* the failed txn wrote nothing, the ack is not lost: */
+    qt_depth(t, "t", 0, 0, 1);     /* the flush writes it */
+    assert_int_equal(held(t), 1);
+    t->release(t->state, a, 2);
+    qt_transport_free(t);
+    rag_test_rmtree(root);
+    free(root);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -312,6 +535,12 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_republish_dedup, setup, teardown),
         cmocka_unit_test_setup_teardown(test_wait_and_wake, setup, teardown),
         cmocka_unit_test_setup_teardown(test_restart_releases_leases, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ack_then_depth, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ack_then_lease_expiry, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ack_then_free, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ack_stale_handle, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_publish_applies_acks, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_failed_publish_keeps_acks, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -233,8 +233,8 @@ static void test_two_producers_two_consumers_exactly_once(void **state)
     assert_int_equal(dead, 0);
 
     rag_outbox_free(s->ob);
-    mdb_env_close(s->prod);
-    mdb_env_close(s->cons);
+    rag_env_close(s->prod);
+    rag_env_close(s->cons);
     qt_transport_free(s->t);
     free(s);
     rag_test_rmtree(root);

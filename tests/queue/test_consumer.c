@@ -111,7 +111,7 @@ static int teardown(void **state)
 {
     fx *f = *state;
     rag_outbox_free(f->m.ob);
-    mdb_env_close(f->m.env);
+    rag_env_close(f->m.env); /* frees what rag_env_open attached */
     qt_transport_free(f->t);
     rag_test_rmtree(f->root);
     free(f->root);
@@ -331,6 +331,32 @@ static void test_bad_arguments(void **state)
     assert_int_equal(rag_queue_total_depth(NULL, "in", &total), RAG_EINVAL);
 }
 
+/* The batch's acks come before the relay of its outbox (issue 9): the relay's publish txn
+ * carries them, so right after run_once the broker's committed tables hold the outgoing
+ * events only, without a depth count or another fetch having flushed anything. */
+static void test_acks_ride_with_the_relay(void **state)
+{
+    fx *f = *state;
+    publish(f, "r-1", "one");
+    publish(f, "r-2", "two");
+    publish(f, "r-3", "three");
+    assert_int_equal(run(f), 3);
+    MDB_env *benv = rag_queue_lmdb_transport_env(f->t);
+    assert_non_null(benv);
+    assert_int_equal(qt_table_count(benv, "q_state"), 3); /* the 3 "out" events, no "in" */
+    assert_int_equal(qt_table_count(benv, "q_ids"), 3);
+    assert_int_equal(qt_total(f->t, "in"), 0);
+    assert_int_equal(qt_total(f->t, "out"), 3);
+    /* A batch with nothing to relay leaves its acks queued for the next fetch. */
+    publish(f, "r-4", "bad-4"); /* dead-lettered: acked (no on_dead row without outbox) */
+    f->c.outbox = NULL;
+    assert_int_equal(run(f), 1);
+    assert_int_equal(run(f), 0); /* this fetch wrote the ack */
+    assert_int_equal(qt_table_count(benv, "q_state"), 3);
+    assert_int_equal(qt_total(f->t, "in"), 0);
+    f->c.outbox = f->m.ob;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -342,6 +368,7 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_batch_failure_applies_nothing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_arguments, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_acks_ride_with_the_relay, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

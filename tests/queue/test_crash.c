@@ -73,9 +73,9 @@ static void world_close(world *w)
 {
     rag_outbox_free(w->ob);
     if (w->prod)
-        mdb_env_close(w->prod);
+        rag_env_close(w->prod);
     if (w->cons)
-        mdb_env_close(w->cons);
+        rag_env_close(w->cons);
     if (w->t) {
         w->t->free(w->t->state);
         free(w->t);
@@ -166,7 +166,9 @@ static void test_crashes_lose_nothing_and_apply_nothing_twice(void **state)
     OK(world_open(&w, root));
     uint64_t pend;
     OK(rag_outbox_pending(w.ob, &pend));
-    assert_int_equal(pend, 40); /* rows not relayed are still there */
+    /* Rows not relayed are still there, and so are the 60 relayed ones: relayed rows are
+     * deleted by the env's next write (lazy), which child A never made. */
+    assert_int_equal(pend, N_EVENTS);
     qt_depth(w.t, "t", 60, 0, 0); /* both children's leases were released */
     int applied = 0;
     for (int i = 0; i < N_EVENTS; i++) {
@@ -179,7 +181,8 @@ static void test_crashes_lose_nothing_and_apply_nothing_twice(void **state)
 
     size_t moved;
     OK(rag_outbox_relay(w.ob, w.t, 0, &moved));
-    assert_int_equal(moved, 40);
+    assert_int_equal(moved, N_EVENTS);
+    qt_depth(w.t, "t", 100, 0, 0); /* the broker dropped the 60 ids it still held */
     w.p.batch_size = 16;
     for (int guard = 0; guard < 1000 && qt_total(w.t, "t") > 0; guard++) {
         size_t n;

@@ -1,4 +1,7 @@
 /* The transactional outbox: rows commit with the caller's txn, ids, relay, re-publish dedup. */
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include "queue_test_util.h"
 
 typedef struct fx {
@@ -28,7 +31,7 @@ static void open_producer(fx *f)
 static void close_producer(fx *f)
 {
     rag_outbox_free(f->ob);
-    mdb_env_close(f->env);
+    rag_env_close(f->env); /* frees what rag_env_open attached */
     f->ob = NULL;
     f->env = NULL;
 }
@@ -225,6 +228,131 @@ static void test_bad_arguments(void **state)
     rag_outbox_free(NULL);
 }
 
+/* ---- lazy deletion of relayed rows (issue 9) -----------------------------------------------
+ * A relay only remembers (in memory) the last sequence the transport accepted; the rows are
+ * deleted by the env's next rag_outbox_add txn, or by rag_outbox_free. */
+
+static uint64_t rows(fx *f) { return qt_table_count(f->env, "__outbox"); }
+
+static void test_relayed_rows_deleted_lazily(void **state)
+{
+    fx *f = *state;
+    add_events(f, "t", 3, 1, NULL);
+    size_t moved;
+    OK(rag_outbox_relay(f->ob, f->t, 0, &moved));
+    assert_int_equal(moved, 3);
+    assert_int_equal(rows(f), 3);   /* still in the table */
+    assert_int_equal(pending(f), 0); /* but not pending */
+    OK(rag_outbox_relay(f->ob, f->t, 0, &moved));
+    assert_int_equal(moved, 0); /* a second relay publishes nothing */
+    assert_int_equal(qt_total(f->t, "t"), 3);
+
+    /* A txn that adds a row but aborts deletes nothing, and the rows stay relayed. */
+    add_events(f, "t", 2, 0, NULL);
+    assert_int_equal(rows(f), 3);
+    assert_int_equal(pending(f), 0);
+    OK(rag_outbox_relay(f->ob, f->t, 0, &moved));
+    assert_int_equal(moved, 0);
+
+    /* The next add (a txn of its own) deletes the relayed rows. */
+    char ids[1][RAG_QUEUE_MSGID_MAX];
+    add_events(f, "t", 1, 1, ids);
+    assert_id_seq(ids[0], 4);
+    assert_int_equal(rows(f), 1);
+    assert_int_equal(pending(f), 1);
+    OK(rag_outbox_relay(f->ob, f->t, 0, &moved));
+    assert_int_equal(moved, 1);
+    assert_int_equal(rows(f), 1);
+    assert_int_equal(pending(f), 0);
+    assert_int_equal(qt_total(f->t, "t"), 4);
+
+    /* Free with the env open deletes them; the reopened outbox has nothing to relay. */
+    close_producer(f);
+    open_producer(f);
+    assert_int_equal(rows(f), 0);
+    assert_int_equal(pending(f), 0);
+    OK(rag_outbox_relay(f->ob, f->t, 0, &moved));
+    assert_int_equal(moved, 0);
+    assert_int_equal(qt_total(f->t, "t"), 4);
+    add_events(f, "t", 1, 1, ids);
+    assert_id_seq(ids[0], 5); /* the sequence goes on */
+
+    /* pending counts only the rows after the relayed ones, with some relayed and some not */
+    add_events(f, "t", 10, 1, NULL);
+    OK(rag_outbox_relay(f->ob, f->t, 4, &moved));
+    assert_int_equal(moved, 4);
+    assert_int_equal(rows(f), 11);
+    assert_int_equal(pending(f), 7);
+    /* a nested txn that aborts after its add undoes its delete too */
+    MDB_txn *txn, *child;
+    assert_int_equal(mdb_txn_begin(f->env, NULL, 0, &txn), 0);
+    assert_int_equal(mdb_txn_begin(f->env, txn, 0, &child), 0);
+    OK(rag_outbox_add(f->ob, child, "t", "n", 1, NULL));
+    mdb_txn_abort(child);
+    assert_int_equal(mdb_txn_commit(txn), 0);
+    assert_int_equal(rows(f), 11);
+    assert_int_equal(pending(f), 7);
+    /* a committed add deletes exactly the 4 relayed rows, not the 7 others */
+    add_events(f, "t", 1, 1, NULL);
+    assert_int_equal(rows(f), 11 - 4 + 1);
+    assert_int_equal(pending(f), 8);
+    OK(rag_outbox_relay(f->ob, f->t, 0, &moved));
+    assert_int_equal(moved, 8);
+    assert_int_equal(qt_total(f->t, "t"), 4 + 1 + 10 + 1);
+}
+
+/* A process that ends without rag_outbox_free (a crash) leaves the relayed rows; the next
+ * open re-publishes them and the broker drops the ids it still holds.  The parent forks
+ * before it opens anything again (an LMDB env must not cross a fork). */
+static void test_relayed_rows_after_crash(void **state)
+{
+    fx *f = *state;
+    close_producer(f);
+    qt_transport_free(f->t);
+    f->t = NULL;
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        rag_queue_transport *t = NULL;
+        MDB_env *env = NULL;
+        rag_outbox *ob = NULL;
+        if (rag_queue_lmdb_transport_new(&t, &f->cfg) || rag_env_open(&env, &f->cfg, "prod", 16) ||
+            rag_outbox_open(&ob, env, "prod"))
+            _exit(2);
+        MDB_txn *txn;
+        if (mdb_txn_begin(env, NULL, 0, &txn))
+            _exit(3);
+        for (int i = 0; i < 3; i++)
+            if (rag_outbox_add(ob, txn, "t", "crash", 5, NULL))
+                _exit(4);
+        if (mdb_txn_commit(txn))
+            _exit(5);
+        size_t moved;
+        if (rag_outbox_relay(ob, t, 0, &moved) || moved != 3)
+            _exit(6);
+        t->free(t->state); /* the broker is durable; only the producer "crashes" */
+        _exit(0);          /* no rag_outbox_free: the relayed rows stay */
+    }
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+
+    OK(rag_queue_lmdb_transport_new(&f->t, &f->cfg));
+    open_producer(f);
+    assert_int_equal(rows(f), 3);
+    assert_int_equal(pending(f), 3); /* this process does not know they were relayed */
+    assert_int_equal(qt_total(f->t, "t"), 3);
+    size_t moved;
+    OK(rag_outbox_relay(f->ob, f->t, 0, &moved));
+    assert_int_equal(moved, 3);
+    assert_int_equal(qt_total(f->t, "t"), 3); /* the broker dropped the 3 ids it holds */
+    assert_int_equal(pending(f), 0);
+    /* the next add deletes them */
+    add_events(f, "t", 1, 1, NULL);
+    assert_int_equal(rows(f), 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -234,6 +362,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_republish_after_crash_is_deduplicated, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_bad_arguments, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_relayed_rows_deleted_lazily, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_relayed_rows_after_crash, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

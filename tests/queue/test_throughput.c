@@ -125,7 +125,7 @@ static void test_consumer_batching(void **state)
     double many = consume_rate(t, env, "batched", 20000, 256);
     printf("# consumer (no_sync): batch 1: %.0f msg/s, batch 256: %.0f msg/s\n", one, many);
     assert_int_equal(qt_table_count(env, "effects"), 22000);
-    mdb_env_close(env);
+    rag_env_close(env);
     qt_transport_free(t);
     rag_test_rmtree(root);
     free(root);

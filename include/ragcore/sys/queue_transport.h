@@ -84,7 +84,10 @@ typedef struct rag_queue_transport {
      */
     int (*fetch)(void *state, const char *topic, size_t max, uint32_t lease_ms,
                  rag_queue_message *out, size_t *n_out);
-    /** Acknowledge (remove) delivered messages. */
+    /** Acknowledge (remove) delivered messages.  A transport may write acknowledgements
+     *  lazily (the embedded broker does, with its next write): a lost ack must only mean a
+     *  redelivery, which the consumer's inbox absorbs, and depth() must not count acked
+     *  messages as in flight. */
     int (*ack)(void *state, const rag_queue_message *msgs, size_t n);
     /** Return a delivered message; it becomes visible again after `delay_ms`. */
     int (*nak)(void *state, const rag_queue_message *msg, uint32_t delay_ms);

@@ -4,9 +4,10 @@
  * (the default transport).
  *
  * Guarantees: a producer's state change and its events commit in one LMDB transaction of its
- * own env; the relay deletes outbox rows only after the transport accepted them; a consumer's
- * effects, inbox record and outgoing events commit in one transaction before the ack.  A crash
- * between any two steps loses nothing (rows/messages stay) and applies nothing twice (inbox).
+ * own env; outbox rows are deleted only after the transport accepted them (lazily: by the
+ * env's next write txn, see outbox.c); a consumer's effects, inbox record and outgoing events
+ * commit in one transaction before the ack.  A crash between any two steps loses nothing
+ * (rows/messages stay) and applies nothing twice (inbox).
  */
 #ifndef RAG_QUEUE_API_H
 #define RAG_QUEUE_API_H
@@ -39,8 +40,9 @@ void rag_outbox_free(rag_outbox *ob);
 /* Append an event inside the caller's write transaction. `id_out` (may be NULL) gets the id. */
 int rag_outbox_add(rag_outbox *ob, MDB_txn *txn, const char *topic, const void *data,
                    size_t len, char id_out[RAG_QUEUE_MSGID_MAX]);
-/* Publish up to `max` pending rows (0 = all) in batches, deleting each batch after the
- * transport accepted it. Thread-safe: concurrent relays of one outbox serialise. */
+/* Publish up to `max` pending rows (0 = all) in batches.  Accepted rows are no longer
+ * pending; the env's next write txn (rag_outbox_add) or rag_outbox_free() deletes them.
+ * Thread-safe: concurrent relays of one outbox serialise. */
 int rag_outbox_relay(rag_outbox *ob, const rag_queue_transport *t, size_t max, size_t *moved);
 int rag_outbox_pending(rag_outbox *ob, uint64_t *count);
 const char *rag_outbox_module(const rag_outbox *ob);
@@ -63,8 +65,8 @@ void rag_queue_policy_from_config(rag_queue_policy *p, const rag_config *cfg);
  * backoff (dead-lettered once attempts reach max_attempts); any other error aborts it and
  * the message is dead-lettered at once.  Dead-lettering writes the "__dead" row, the inbox
  * record and whatever on_dead() adds, in the batch txn.  After commit: end_batch(committed=1),
- * relay of `outbox`, then ack/nak.  If the commit fails: end_batch(0) and every message is
- * nak'ed.
+ * ack/nak, then relay of `outbox` (the embedded broker writes the acks with that publish).
+ * If the commit fails: end_batch(0) and every message is nak'ed.
  */
 typedef struct rag_consumer {
     const char *module;         /* e.g. "embed" */
