@@ -7,7 +7,9 @@
  * force, until there are enough to train it.
  *
  * Filtering happens inside FAISS: a selector calling the rag_label_filter_fn (compatibility
- * unit), so a restrictive filter still yields k results on exact indexes.
+ * unit), so a restrictive filter still yields k results on exact indexes, and on IVF, where
+ * the compatibility unit probes more lists until it has k; HNSW filters what its walk
+ * reaches.
  *
  * Thread-safety: search() and count() may run concurrently with each other; add, remove,
  * load, reset and save need exclusive access against add/remove (the index module holds a

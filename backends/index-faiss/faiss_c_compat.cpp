@@ -27,6 +27,7 @@
 #include <faiss/index_factory.h>
 #include <faiss/index_io.h>
 
+#include <algorithm>
 #include <exception>
 #include <stdexcept>
 #include <string>
@@ -69,6 +70,14 @@ struct PositionSelector : faiss::IDSelector {
     }
 };
 
+/* Every query of the n x k result has k labels. */
+bool all_filled(const idx_type *labels, idx_type n, idx_type k) {
+    for (idx_type i = 0; i < n * k; i++)
+        if (labels[i] < 0)
+            return false;
+    return true;
+}
+
 /* Search `index` restricted to `sel` (may be NULL), adapting the parameters to what 1.7.3
  * accepts for that index type. */
 void search_selected(const faiss::Index *index, idx_type n, const float *x, idx_type k,
@@ -89,6 +98,8 @@ void search_selected(const faiss::Index *index, idx_type n, const float *x, idx_
         index->search(n, x, k, distances, labels);
         return;
     }
+    /* HNSW applies the selector to the nodes its graph walk reaches: a restrictive filter can
+     * leave fewer than k results (a larger efSearch did not fill them in FAISS 1.7.3). */
     if (const auto *hnsw = dynamic_cast<const faiss::IndexHNSW *>(index)) {
         faiss::SearchParametersHNSW p;
         p.efSearch = hnsw->hnsw.efSearch;
@@ -96,13 +107,22 @@ void search_selected(const faiss::Index *index, idx_type n, const float *x, idx_
         index->search(n, x, k, distances, labels, &p);
         return;
     }
+    /* IVF applies the selector only to the nprobe lists it visits, so a restrictive filter
+     * left fewer than k results although enough selected vectors existed (IVF256 with 12% of
+     * labels readable returned 9.6 of 10).  The search is repeated with 4x the lists until
+     * every query has k results or every list was visited. */
     if (const auto *ivf = dynamic_cast<const faiss::IndexIVF *>(index)) {
         faiss::SearchParametersIVF p;
         p.nprobe = ivf->nprobe;
         p.max_codes = ivf->max_codes;
         p.sel = const_cast<faiss::IDSelector *>(sel);
-        index->search(n, x, k, distances, labels, &p);
-        return;
+        for (;;) {
+            index->search(n, x, k, distances, labels, &p);
+            if (all_filled(labels, n, k) || p.nprobe >= ivf->nlist)
+                return;
+            p.nprobe = std::min<size_t>(p.nprobe * 4, ivf->nlist);
+            p.max_codes = 0; /* no cap while widening: the filter decides what counts */
+        }
     }
     faiss::SearchParameters p;
     p.sel = const_cast<faiss::IDSelector *>(sel);

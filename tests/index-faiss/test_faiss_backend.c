@@ -397,6 +397,49 @@ static void test_ivf(void **state)
     free(dir);
 }
 
+/* A restrictive filter on IVF: the backend visits more lists (nprobe) until k selected
+ * vectors are found, when that many exist. */
+static int one_in_twenty(void *arg, int64_t label)
+{
+    (void)arg;
+    return label % 40 == 0; /* labels are 2i: one vector in twenty */
+}
+
+static void filter_fills_k(const char *factory)
+{
+    rag_vector_backend *b = NULL;
+    assert_int_equal(rag_vector_backend_faiss_new(&b, DIM, factory), RAG_OK);
+    const size_t n = 4000, k = 10;
+    int64_t *labels = malloc(n * sizeof *labels);
+    float *vecs = random_vectors(n);
+    for (size_t i = 0; i < n; i++)
+        labels[i] = (int64_t)(i * 2);
+    assert_int_equal(b->add(b->state, n, vecs, labels), RAG_OK);
+    float sc[10];
+    int64_t lb[10];
+    for (size_t q = 0; q < 50; q++) {
+        assert_int_equal(b->search(b->state, vecs + (q * 37 % n) * DIM, k, one_in_twenty, NULL,
+                                   sc, lb),
+                         RAG_OK);
+        for (size_t i = 0; i < k; i++) {
+            if (lb[i] < 0)
+                fail_msg("%s: query %zu got %zu of %zu results with 200 selectable", factory, q,
+                         i, k);
+            assert_int_equal(lb[i] % 40, 0);
+        }
+    }
+    b->free(b->state);
+    free(b);
+    free(labels);
+    free(vecs);
+}
+
+static void test_ivf_filter_fills_k(void **state)
+{
+    (void)state;
+    filter_fills_k("IVF64,Flat"); /* nprobe 1 of 64 lists holds ~3 selectable vectors */
+}
+
 static void test_errors(void **state)
 {
     (void)state;
@@ -447,6 +490,7 @@ int main(void)
         cmocka_unit_test(test_roundtrip_flat),
         cmocka_unit_test(test_k_larger_than_ntotal),
         cmocka_unit_test(test_filter_one_percent),
+        cmocka_unit_test(test_ivf_filter_fills_k),
         cmocka_unit_test(test_concurrent_filtered_searches),
         cmocka_unit_test(test_hnsw),
         cmocka_unit_test(test_ivf),
