@@ -66,10 +66,10 @@ void rag_env_close(MDB_env *env);
 /* Open (create) a named database in a write txn of its own and commit. */
 int rag_dbi_open(MDB_env *env, const char *name, unsigned int flags, MDB_dbi *out);
 /* Unmap the env's pages from this process (they stay in the page cache): at most every
- * RAG_ENV_TRIM_MS per env, after commits (rag_txn_commit does it).  `force` ignores the
- * interval.  See util.c for why. */
+ * RAG_ENV_TRIM_MS per env, after commits (rag_txn_commit does it).  See util.c for why, and
+ * docs/performance.md for the interval's trade-off. */
 #define RAG_ENV_TRIM_MS 100u
-void rag_env_trim(MDB_env *env, int force);
+void rag_env_trim(MDB_env *env);
 
 /* ---- binary codec (little-endian values; big-endian helpers for ordered keys) ---------- */
 

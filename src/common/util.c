@@ -41,7 +41,8 @@ static void *find_map(const char *file, size_t size)
         size_t n = strlen(line);
         if (n && line[n - 1] == '\n')
             line[--n] = 0;
-        if (n < flen || strcmp(line + n - flen, file) != 0 || (n > flen && line[n - flen - 1] != ' '))
+        if (n < flen || strcmp(line + n - flen, file) != 0 ||
+            (n > flen && line[n - flen - 1] != ' '))
             continue;
         unsigned long lo, hi;
         if (sscanf(line, "%lx-%lx", &lo, &hi) == 2 && hi - lo == size)
@@ -105,14 +106,15 @@ void rag_env_close(MDB_env *env)
  * in the page cache: the kernel can reclaim them, and the next access maps them back from
  * the cache, with the same bytes (the file is only written through pwrite, never the map).
  * Readers inside a txn are unaffected: their pointers stay valid and fault the page back.
- * Freed heap pages are returned too (malloc_trim), at most as often. */
-void rag_env_trim(MDB_env *env, int force)
+ * Freed heap pages are returned too (malloc_trim), at most once a second: it walks every
+ * arena. */
+void rag_env_trim(MDB_env *env)
 {
     env_state *st = env ? mdb_env_get_userctx(env) : NULL;
     if (!st)
         return;
     uint64_t now = rag_mono_ms(), last = atomic_load(&st->last_trim_ms);
-    if (!force && now - last < RAG_ENV_TRIM_MS)
+    if (now - last < RAG_ENV_TRIM_MS)
         return;
     if (!atomic_compare_exchange_strong(&st->last_trim_ms, &last, now))
         return; /* another thread trims it now */
@@ -127,7 +129,7 @@ void rag_env_trim(MDB_env *env, int force)
     madvise(st->map, len, MADV_DONTNEED);
     static _Atomic uint64_t heap_trim_ms;
     uint64_t h = atomic_load(&heap_trim_ms);
-    if ((force || now - h >= 1000) &&
+    if (now - h >= 1000 &&
         atomic_compare_exchange_strong(&heap_trim_ms, &h, now))
         malloc_trim(0);
 }
@@ -202,7 +204,7 @@ int rag_txn_commit(MDB_txn *txn)
     MDB_env *env = mdb_txn_env(txn);
     int mrc = mdb_txn_commit(txn);
     if (mrc == 0)
-        rag_env_trim(env, 0); /* rate-limited; also after a nested commit, which is harmless */
+        rag_env_trim(env); /* rate-limited; also after a nested commit, which is harmless */
     return mrc;
 }
 

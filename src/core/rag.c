@@ -674,9 +674,9 @@ static void *worker_main(void *arg)
 }
 
 /* The ingest outbox's relay while workers run.  A put only sets relay_pending: the rows are
- * durable in ingest's env already, and moving them to the broker costs two more commits
- * (publish, outbox delete) that the caller need not wait for.  Puts arriving during a relay
- * are moved together by the next one. */
+ * durable in ingest's env already, and moving them to the broker costs a broker commit (the
+ * publish) that the caller need not wait for.  Puts arriving during a relay are moved
+ * together by the next one. */
 static void *relay_main(void *arg)
 {
     rag_ctx *ctx = arg;
