@@ -8,7 +8,7 @@
  *
  * Order of one batch, and why each step is where it is:
  *   fetch (lease) -> one write txn { per message a nested txn: inbox check, handle, inbox
- *   record } -> commit -> end_batch -> ack/nak -> relay the module's outbox -> release.
+ *   record } -> commit -> end_batch -> relay the module's outbox -> ack/nak -> release.
  * A crash before the commit leaves nothing applied and the leases expire (or are released by
  * the next process); a crash after it leaves the inbox records, so redeliveries are acked
  * without effect; the outbox rows committed with the effects are relayed by whoever runs
@@ -302,6 +302,15 @@ int rag_consumer_run_once(rag_consumer *c, const rag_queue_transport *t,
     }
     if (c->end_batch)
         c->end_batch(c->self, 1);
+    if (c->outbox) {
+        /* Not fatal: the rows are committed and the next relay (ours or another's) moves them.
+         * Before the ack: while a message is in flight, either it or the events it produced
+         * are always visible to rag_drain's quiet check (outbox, then queues); acking first
+         * opened a moment where neither was, and drain could return early. */
+        size_t moved;
+        relay_note(c, rag_outbox_relay(c->outbox, t, 0, &moved));
+        rag_error_clear();
+    }
     batch_report(c, p, msgs, outcome, notes, n);
     size_t nd = 0;
     for (size_t i = 0; i < n; i++)
@@ -323,16 +332,6 @@ int rag_consumer_run_once(rag_consumer *c, const rag_queue_transport *t,
         if (outcome[i] == OUT_NAK)
             t->nak(t->state, &msgs[i],
                    rag_backoff_ms(msgs[i].attempts, p->retry_base_ms, p->retry_cap_ms));
-    /* The relay comes after the acks: the embedded broker writes acks with its next write,
-     * so the publish carries this batch's acks in the same commit. */
-    if (c->outbox) {
-        /* Not fatal: the rows are committed and the next relay (ours or another's) moves them. */
-        size_t moved;
-        int saved = rc;
-        relay_note(c, rag_outbox_relay(c->outbox, t, 0, &moved));
-        rag_error_clear();
-        rc = saved;
-    }
 
 out_release:
     if (processed)

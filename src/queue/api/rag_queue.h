@@ -65,7 +65,7 @@ void rag_queue_policy_from_config(rag_queue_policy *p, const rag_config *cfg);
  * backoff (dead-lettered once attempts reach max_attempts); any other error aborts it and
  * the message is dead-lettered at once.  Dead-lettering writes the "__dead" row, the inbox
  * record and whatever on_dead() adds, in the batch txn.  After commit: end_batch(committed=1),
- * ack/nak, then relay of `outbox` (the embedded broker writes the acks with that publish).
+ * relay of `outbox`, then ack/nak (the embedded broker writes acks with its next write).
  * If the commit fails: end_batch(0) and every message is nak'ed.
  */
 typedef struct rag_consumer {
