@@ -28,17 +28,14 @@
  * Environment: RAG_BENCH_TUNE=0 skips phase 3; RAG_BENCH_SCALE_CHUNKS (default 100000) sets
  * the large size of phase 4; RAG_BENCH_TMPDIR.
  */
-#define _XOPEN_SOURCE 700 /* nftw */
+#define _XOPEN_SOURCE 700 /* mkdtemp */
 
 #include <errno.h>
-#include <ftw.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -52,6 +49,8 @@
 
 #include <ragcore/providers.h>
 #include <ragcore/ragcore.h>
+
+#include "bench_util.h"
 
 #ifndef RAG_BENCH_SOURCE_DIR
 #define RAG_BENCH_SOURCE_DIR "."
@@ -86,29 +85,6 @@ static const char *const MODE_NAMES[4] = {"default", "vector", "lexical", "hybri
  * Helpers
  * ---------------------------------------------------------------------------------------- */
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static int fail(const char *fmt, ...)
-{
-    va_list ap;
-    fprintf(stderr, "bench_retrieval: error: ");
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-    return 1;
-}
-
-static int fail_rag(const char *what, int rc)
-{
-    return fail("%s: %s (%d): %s", what, rag_strerror(rc), rc, rag_error_last());
-}
-
 static void *xrealloc(void *p, size_t n)
 {
     void *q = realloc(p, n ? n : 1);
@@ -129,23 +105,7 @@ static char *xstrdup(const char *s)
     return d;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static int cmp_double_desc(const void *a, const void *b) { return cmp_double(b, a); }
-
-/* Nearest-rank percentile (sorts `v`). */
-static double percentile(double *v, size_t n, double p)
-{
-    if (n == 0)
-        return NAN;
-    qsort(v, n, sizeof *v, cmp_double);
-    size_t rank = (size_t)ceil(p / 100.0 * (double)n);
-    return v[(rank < 1 ? 1 : rank) - 1];
-}
+static int cmp_double_desc(const void *a, const void *b) { return bench_cmp_double(b, a); }
 
 /* One JSON object per line on stdout; takes ownership of `o`. */
 static void emit(json_t *o)
@@ -160,17 +120,6 @@ static void emit(json_t *o)
     json_decref(o);
 }
 
-static int rm_cb(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    remove(path);
-    return 0;
-}
-
-static void rm_tree(const char *root) { nftw(root, rm_cb, 16, FTW_DEPTH | FTW_PHYS); }
-
 static char tmp_base[2048];
 
 /* A fresh empty root directory (caller frees). */
@@ -179,7 +128,7 @@ static char *new_root(const char *tag)
     char *p = xrealloc(NULL, 4096);
     snprintf(p, 4096, "%s/ragcore-bench-%s-XXXXXX", tmp_base, tag);
     if (!mkdtemp(p)) {
-        fail("cannot make a temporary root under %s: %s", tmp_base, strerror(errno));
+        bench_fail("cannot make a temporary root under %s: %s", tmp_base, strerror(errno));
         free(p);
         return NULL;
     }
@@ -196,7 +145,7 @@ static int open_root(rag_ctx **ctx, const char *root, float k1, float b, float w
     o.bm25_b = b;
     o.hybrid_lexical_weight = w;
     int rc = rag_open(ctx, root, &o);
-    return rc ? fail_rag("rag_open", rc) : 0;
+    return rc ? bench_fail_rag("rag_open", rc) : 0;
 }
 
 static int read_status(rag_ctx *ctx, rag_status_info *st)
@@ -204,7 +153,7 @@ static int read_status(rag_ctx *ctx, rag_status_info *st)
     memset(st, 0, sizeof *st);
     st->version = RAG_STATUS_VERSION;
     int rc = rag_status(ctx, st);
-    return rc ? fail_rag("rag_status", rc) : 0;
+    return rc ? bench_fail_rag("rag_status", rc) : 0;
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -257,7 +206,7 @@ static int load_docs(collection *c, const char *path)
 {
     FILE *f = fopen(path, "r");
     if (!f)
-        return fail("cannot open %s: %s", path, strerror(errno));
+        return bench_fail("cannot open %s: %s", path, strerror(errno));
     char *line = NULL;
     size_t cap = 0, lineno = 0;
     ssize_t n;
@@ -271,7 +220,7 @@ static int load_docs(collection *c, const char *path)
         const char *title = o ? json_string_value(json_object_get(o, "title")) : NULL;
         const char *text = o ? json_string_value(json_object_get(o, "text")) : NULL;
         if (!id || !text) {
-            rc = fail("%s:%zu: not an {\"id\",\"title\",\"text\"} object", path, lineno);
+            rc = bench_fail("%s:%zu: not an {\"id\",\"title\",\"text\"} object", path, lineno);
         } else {
             c->docs = xrealloc(c->docs, (c->ndocs + 1) * sizeof *c->docs);
             doc_rec *d = &c->docs[c->ndocs++];
@@ -294,7 +243,7 @@ static int load_queries(qset *s, const char *path)
 {
     FILE *f = fopen(path, "r");
     if (!f)
-        return fail("cannot open %s: %s", path, strerror(errno));
+        return bench_fail("cannot open %s: %s", path, strerror(errno));
     char *line = NULL;
     size_t cap = 0, lineno = 0;
     ssize_t n;
@@ -307,7 +256,7 @@ static int load_queries(qset *s, const char *path)
         const char *id = o ? json_id(json_object_get(o, "id"), ib, sizeof ib) : NULL;
         const char *text = o ? json_string_value(json_object_get(o, "text")) : NULL;
         if (!id || !text) {
-            rc = fail("%s:%zu: not an {\"id\",\"text\"} object", path, lineno);
+            rc = bench_fail("%s:%zu: not an {\"id\",\"text\"} object", path, lineno);
         } else {
             s->q = xrealloc(s->q, (s->nq + 1) * sizeof *s->q);
             query_rec *q = &s->q[s->nq++];
@@ -334,7 +283,7 @@ static int load_qrels(qset *s, const char *path)
 {
     FILE *f = fopen(path, "r");
     if (!f)
-        return fail("cannot open %s: %s", path, strerror(errno));
+        return bench_fail("cannot open %s: %s", path, strerror(errno));
     char *line = NULL;
     size_t cap = 0, lineno = 0;
     ssize_t n;
@@ -348,7 +297,7 @@ static int load_qrels(qset *s, const char *path)
         char *q = strtok_r(line, "\t", &save), *d = strtok_r(NULL, "\t", &save),
              *g = strtok_r(NULL, "\t", &save);
         if (!q || !d || !g) {
-            rc = fail("%s:%zu: expected 3 tab-separated fields", path, lineno);
+            rc = bench_fail("%s:%zu: expected 3 tab-separated fields", path, lineno);
             break;
         }
         s->r = xrealloc(s->r, (s->nr + 1) * sizeof *s->r);
@@ -517,13 +466,13 @@ static int put_items(rag_ctx *ctx, const put_item *items, size_t n, acl_fn acl, 
         }
         int rc = rag_doc_put_batch(ctx, docs, m, res);
         if (rc)
-            return fail_rag("rag_doc_put_batch", rc);
+            return bench_fail_rag("rag_doc_put_batch", rc);
         for (size_t i = 0; i < m; i++)
             if (res[i].code)
-                return fail("put %s: %s", docs[i].id, rag_strerror(res[i].code));
+                return bench_fail("put %s: %s", docs[i].id, rag_strerror(res[i].code));
     }
     int rc = rag_drain(ctx, 0);
-    return rc ? fail_rag("rag_drain", rc) : 0;
+    return rc ? bench_fail_rag("rag_drain", rc) : 0;
 }
 
 static int ingest_collection(rag_ctx *ctx, const collection *c, acl_fn acl, double *secs)
@@ -532,15 +481,15 @@ static int ingest_collection(rag_ctx *ctx, const collection *c, acl_fn acl, doub
     for (size_t i = 0; i < c->ndocs; i++)
         items[i] = (put_item){c->docs[i].id, c->docs[i].title, c->docs[i].body, c->docs[i].len};
     size_t seq = 0;
-    double t0 = now_s();
+    double t0 = bench_now_s();
     int rc = rag_start(ctx);
     if (rc) {
         free(items);
-        return fail_rag("rag_start", rc);
+        return bench_fail_rag("rag_start", rc);
     }
     rc = put_items(ctx, items, c->ndocs, acl, &seq);
     rag_stop(ctx);
-    *secs = now_s() - t0;
+    *secs = bench_now_s() - t0;
     free(items);
     return rc;
 }
@@ -565,7 +514,7 @@ static int search(rag_ctx *ctx, const char *text, size_t k, rag_search_mode mode
     int rc = rag_search(ctx, &q, out);
     if (rc) {
         *out = NULL;
-        return fail_rag("rag_search", rc);
+        return bench_fail_rag("rag_search", rc);
     }
     return 0;
 }
@@ -654,14 +603,14 @@ static int run_quality(rag_ctx *ctx, const collection *c, quality_row *row)
     row->docs = (size_t)st.documents;
     row->chunks = (size_t)st.chunks;
     for (int m = 1; m <= 3; m++) {
-        double t0 = now_s();
+        double t0 = bench_now_s();
         if (quality(ctx, &c->test, (rag_search_mode)m, &row->ndcg[m], &row->recall[m]))
             return 1;
         json_t *o = json_pack("{s:s, s:s, s:s, s:f, s:f, s:I, s:I, s:I, s:f}", "figure",
                               "quality", "collection", c->name, "mode", MODE_NAMES[m],
                               "ndcg_at_10", row->ndcg[m], "recall_at_100", row->recall[m],
                               "judged", (json_int_t)row->judged, "docs", (json_int_t)row->docs,
-                              "chunks", (json_int_t)row->chunks, "seconds", now_s() - t0);
+                              "chunks", (json_int_t)row->chunks, "seconds", bench_now_s() - t0);
         emit(o);
     }
     return 0;
@@ -898,7 +847,7 @@ static int run_acl_recall(rag_ctx *ctx, const collection *c, acl_recall_row rows
         free(sub[g].docs);
         rag_close(rctx[g]);
         if (roots[g])
-            rm_tree(roots[g]);
+            bench_rm_tree(roots[g]);
         free(roots[g]);
     }
     free(ix.pos);
@@ -940,13 +889,13 @@ static int run_tuning(rag_ctx **ctx, const char *root, const collection *c,
     /* 1. BM25 k1/b in lexical mode (cheap: no vectors) */
     for (size_t i = 0; i < sizeof K1 / sizeof *K1; i++)
         for (size_t j = 0; j < sizeof B / sizeof *B; j++) {
-            double nd, t0 = now_s();
+            double nd, t0 = bench_now_s();
             if (reopen(ctx, root, K1[i], B[j], 0) ||
                 quality(*ctx, &c->train, RAG_MODE_LEXICAL, &nd, NULL))
                 return 1;
             emit(json_pack("{s:s, s:s, s:s, s:f, s:f, s:f, s:f}", "figure", "tuning", "split",
                            "train", "mode", "lexical", "bm25_k1", (double)K1[i], "bm25_b",
-                           (double)B[j], "ndcg_at_10", nd, "seconds", now_s() - t0));
+                           (double)B[j], "ndcg_at_10", nd, "seconds", bench_now_s() - t0));
             if (K1[i] == 0.9f && B[j] == 0.4f)
                 t->default_train_lexical = nd;
             if (nd > best + 1e-9) {
@@ -961,14 +910,14 @@ static int run_tuning(rag_ctx **ctx, const char *root, const collection *c,
      * the vector side (each hybrid pass costs ~5x a lexical one) */
     double bestw = -1;
     for (size_t i = 0; i < sizeof W / sizeof *W; i++) {
-        double nd, t0 = now_s();
+        double nd, t0 = bench_now_s();
         if (reopen(ctx, root, 0.9f, 0.4f, W[i]) ||
             quality(*ctx, &c->train, RAG_MODE_HYBRID, &nd, NULL))
             return 1;
         emit(json_pack("{s:s, s:s, s:s, s:f, s:f, s:f, s:f, s:f}", "figure", "tuning", "split",
                        "train", "mode", "hybrid", "bm25_k1", 0.9, "bm25_b", 0.4,
                        "hybrid_lexical_weight", (double)W[i], "ndcg_at_10", nd, "seconds",
-                       now_s() - t0));
+                       bench_now_s() - t0));
         if (W[i] == 0.95f)
             t->default_train_hybrid = nd;
         if (nd > bestw + 1e-9) {
@@ -1033,19 +982,19 @@ static int raw_open(raw_faiss *rf, const char *root, const qset *qs, uint64_t ve
     memset(rf, 0, sizeof *rf);
     snprintf(path, sizeof path, "%s/%s", root, SNAPSHOT_REL);
     if (faiss_read_index_fname(path, 0, &rf->fx))
-        return fail("faiss_read_index_fname(%s): %s", path, faiss_get_last_error());
+        return bench_fail("faiss_read_index_fname(%s): %s", path, faiss_get_last_error());
     rf->d = (size_t)faiss_Index_d(rf->fx);
     idx_t ntotal = faiss_Index_ntotal(rf->fx);
     if ((uint64_t)ntotal != vectors) {
         raw_close(rf);
-        return fail("snapshot holds %lld vectors, rag_status %llu", (long long)ntotal,
+        return bench_fail("snapshot holds %lld vectors, rag_status %llu", (long long)ntotal,
                     (unsigned long long)vectors);
     }
     rag_embed_provider p;
     int rc = rag_embed_cpu_hash_init(&p, EMBED_DIM);
     if (rc) {
         raw_close(rf);
-        return fail_rag("rag_embed_cpu_hash_init", rc);
+        return bench_fail_rag("rag_embed_cpu_hash_init", rc);
     }
     rf->qv = xrealloc(NULL, qs->nq * rf->d * sizeof *rf->qv);
     for (size_t i = 0; i < qs->nq && !rc; i++) {
@@ -1056,7 +1005,7 @@ static int raw_open(raw_faiss *rf, const char *root, const qset *qs, uint64_t ve
     rag_embed_provider_release(&p);
     if (rc) {
         raw_close(rf);
-        return fail_rag("embed", rc);
+        return bench_fail_rag("embed", rc);
     }
     /* labels run from 0 or 1 up; take every 100th value of the range */
     size_t n = (size_t)ntotal / 100 + 1;
@@ -1069,7 +1018,7 @@ static int raw_open(raw_faiss *rf, const char *root, const qset *qs, uint64_t ve
         free(ids);
         faiss_IDSelector_free((FaissIDSelector *)batch);
         raw_close(rf);
-        return fail("FAISS selector: %s", faiss_get_last_error());
+        return bench_fail("FAISS selector: %s", faiss_get_last_error());
     }
     rf->sel = (FaissIDSelector *)batch;
     rf->nsel = n;
@@ -1081,12 +1030,12 @@ static int raw_search(const raw_faiss *rf, size_t qi, int filtered, double *ms)
 {
     float dist[LAT_K];
     idx_t lab[LAT_K];
-    double t0 = now_s();
+    double t0 = bench_now_s();
     int rc = filtered ? faiss_Index_search_with_params(rf->fx, 1, rf->qv + qi * rf->d, LAT_K,
                                                        rf->params, dist, lab)
                       : faiss_Index_search(rf->fx, 1, rf->qv + qi * rf->d, LAT_K, dist, lab);
-    *ms = (now_s() - t0) * 1e3;
-    return rc ? fail("faiss search: %s", faiss_get_last_error()) : 0;
+    *ms = (bench_now_s() - t0) * 1e3;
+    return rc ? bench_fail("faiss search: %s", faiss_get_last_error()) : 0;
 }
 
 typedef struct lat_row {
@@ -1128,11 +1077,11 @@ static int time_tier(rag_ctx *ctx, const raw_faiss *rf, const collection *c, lat
                 if (with_raw && i % 2 == 0)
                     ret = raw_search(rf, i, f, &raw[f][nraw[f]++]);
                 rag_results *r = NULL;
-                double t0 = now_s();
+                double t0 = bench_now_s();
                 if (!ret)
                     ret = search(ctx, c->test.q[i].text, LAT_K, (rag_search_mode)m,
                                  f ? ACL_ONE_PERCENT : NULL, &r);
-                lat[i] = (now_s() - t0) * 1e3;
+                lat[i] = (bench_now_s() - t0) * 1e3;
                 if (r)
                     results += r->count;
                 rag_results_free(r);
@@ -1141,13 +1090,13 @@ static int time_tier(rag_ctx *ctx, const raw_faiss *rf, const collection *c, lat
             }
             if (ret)
                 break;
-            row->p50[m][f] = percentile(lat, n, 50);
-            row->p99[m][f] = percentile(lat, n, 99);
+            row->p50[m][f] = bench_percentile(lat, n, 50);
+            row->p99[m][f] = bench_percentile(lat, n, 99);
             row->results_avg[m][f] = (double)results / (double)n;
         }
     for (int f = 0; f < 2 && !ret; f++) {
-        row->raw_p50[f] = percentile(raw[f], nraw[f], 50);
-        row->raw_p99[f] = percentile(raw[f], nraw[f], 99);
+        row->raw_p50[f] = bench_percentile(raw[f], nraw[f], 50);
+        row->raw_p99[f] = bench_percentile(raw[f], nraw[f], 99);
     }
     free(lat);
     free(raw[0]);
@@ -1239,9 +1188,9 @@ static int run_latency(const collection *c, lat_row rows[2], size_t scale_chunks
     char **own = xrealloc(NULL, 2 * BATCH * sizeof *own);
     for (int tier = 0; tier < 2 && !ret; tier++) {
         size_t target = tier ? scale_chunks : SMALL_CHUNKS;
-        double t0 = now_s();
+        double t0 = bench_now_s();
         if ((ret = rag_start(ctx)) != 0) {
-            ret = fail_rag("rag_start", ret);
+            ret = bench_fail_rag("rag_start", ret);
             break;
         }
         for (;;) {
@@ -1271,7 +1220,7 @@ static int run_latency(const collection *c, lat_row rows[2], size_t scale_chunks
                 break;
         }
         rag_stop(ctx);
-        t_ingest += now_s() - t0;
+        t_ingest += bench_now_s() - t0;
         if (ret)
             break;
         fprintf(stderr, "bench_retrieval: latency root at %s chunks: timing...\n",
@@ -1282,7 +1231,7 @@ static int run_latency(const collection *c, lat_row rows[2], size_t scale_chunks
     free(items);
     free(own);
     rag_close(ctx);
-    rm_tree(root);
+    bench_rm_tree(root);
     free(root);
     return ret;
 }
@@ -1312,7 +1261,7 @@ int main(int argc, char **argv)
     if (scale_chunks < SMALL_CHUNKS)
         scale_chunks = SMALL_CHUNKS;
 
-    double t_start = now_s();
+    double t_start = bench_now_s();
     collection sf, cisi;
     int ret = 1;
     if (collection_load(&sf, data_dir, "scifact", 1) ||
@@ -1335,7 +1284,7 @@ int main(int argc, char **argv)
 
     /* 1. quality: SciFact (with the selectivity ACLs; searched unrestricted) and CISI */
     fprintf(stderr, "bench_retrieval: phase 1: quality\n");
-    double t0 = now_s();
+    double t0 = bench_now_s();
     if (!(sf_root = new_root("scifact")) || open_root(&ctx, sf_root, 0, 0, 0) ||
         ingest_collection(ctx, &sf, acl_selectivity, &sf_ingest) ||
         run_quality(ctx, &sf, &qrows[0]))
@@ -1349,32 +1298,32 @@ int main(int argc, char **argv)
         if (r)
             goto out;
     }
-    t_quality = now_s() - t0;
+    t_quality = bench_now_s() - t0;
 
     /* 2. ACL recall on the SciFact root */
     fprintf(stderr, "bench_retrieval: phase 2: ACL recall\n");
-    t0 = now_s();
+    t0 = bench_now_s();
     if (run_acl_recall(ctx, &sf, arows, 300))
         goto out;
-    t_acl = now_s() - t0;
+    t_acl = bench_now_s() - t0;
 
     /* 3. tuning on the train queries */
     if (tune) {
         fprintf(stderr, "bench_retrieval: phase 3: tuning on SciFact train queries\n");
-        t0 = now_s();
+        t0 = bench_now_s();
         if (run_tuning(&ctx, sf_root, &sf, cisi_root, &cisi, &tr))
             goto out;
-        t_tune = now_s() - t0;
+        t_tune = bench_now_s() - t0;
     }
     rag_close(ctx);
     ctx = NULL;
 
     /* 4. latency */
     fprintf(stderr, "bench_retrieval: phase 4: latency (5k and %zu chunks)\n", scale_chunks);
-    t0 = now_s();
+    t0 = bench_now_s();
     if (run_latency(&sf, lrows, scale_chunks, &scale_ingest))
         goto out;
-    t_lat = now_s() - t0;
+    t_lat = bench_now_s() - t0;
     ret = 0;
 
     /* ---- tables ---- */
@@ -1424,17 +1373,17 @@ int main(int argc, char **argv)
     fprintf(stderr, "\ntime: ingest SciFact %.1f s, CISI %.1f s, latency root %.1f s; quality "
                     "%.1f s, ACL recall %.1f s, tuning %.1f s, latency %.1f s; total %.1f s\n",
             sf_ingest, cisi_ingest, scale_ingest, t_quality, t_acl, t_tune, t_lat,
-            now_s() - t_start);
+            bench_now_s() - t_start);
     emit(json_pack("{s:s, s:f, s:f, s:f, s:f}", "figure", "time", "ingest_scifact_s", sf_ingest,
                    "ingest_scale_s", scale_ingest, "latency_phase_s", t_lat, "total_s",
-                   now_s() - t_start));
+                   bench_now_s() - t_start));
 
 out:
     rag_close(ctx);
     if (sf_root)
-        rm_tree(sf_root);
+        bench_rm_tree(sf_root);
     if (cisi_root)
-        rm_tree(cisi_root);
+        bench_rm_tree(cisi_root);
     free(sf_root);
     free(cisi_root);
     collection_free(&sf);

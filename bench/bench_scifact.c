@@ -22,18 +22,15 @@
  * and a human-readable table on stderr.  No assertions on the figures: the exit status is
  * non-zero only when something fails (the error text is printed).
  */
-#define _XOPEN_SOURCE 700 /* nftw, getrusage */
+#define _XOPEN_SOURCE 700 /* getrusage */
 
 #include <errno.h>
-#include <ftw.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
-#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -45,6 +42,8 @@
 
 #include <ragcore/providers.h>
 #include <ragcore/ragcore.h>
+
+#include "bench_util.h"
 
 #ifndef RAG_BENCH_SOURCE_DIR
 #define RAG_BENCH_SOURCE_DIR "."
@@ -67,31 +66,6 @@ static const char *const MODULE_DIRS[] = {"ingest", "embed", "index", "retrieve"
 /* ------------------------------------------------------------------------------------------
  * Small helpers
  * ---------------------------------------------------------------------------------------- */
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-/* Print an error and return 1 so callers can `return fail(...)`. */
-static int fail(const char *fmt, ...)
-{
-    va_list ap;
-    fprintf(stderr, "bench_scifact: error: ");
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-    return 1;
-}
-
-/* A ragcore failure: code, static text and the thread's detail. */
-static int fail_rag(const char *what, int rc)
-{
-    return fail("%s: %s (%d): %s", what, rag_strerror(rc), rc, rag_error_last());
-}
 
 static char *xstrdup(const char *s)
 {
@@ -118,26 +92,8 @@ static int path_fmt(char *buf, size_t size, const char *a, const char *b)
 {
     int n = snprintf(buf, size, "%s/%s", a, b);
     if (n < 0 || (size_t)n >= size)
-        return fail("path too long: %s/%s", a, b);
+        return bench_fail("path too long: %s/%s", a, b);
     return 0;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-/* Nearest-rank percentile of `v` (sorted in place). */
-static double percentile(double *v, size_t n, double p)
-{
-    if (n == 0)
-        return NAN;
-    qsort(v, n, sizeof *v, cmp_double);
-    size_t rank = (size_t)ceil(p / 100.0 * (double)n);
-    if (rank < 1)
-        rank = 1;
-    return v[rank - 1];
 }
 
 /* One figure as one JSON line on stdout; `tag_key`/`tag_val` optionally qualify it. */
@@ -219,7 +175,7 @@ static int read_jsonl(const char *path, int (*fn)(json_t *, void *), void *arg)
 {
     FILE *f = fopen(path, "r");
     if (!f)
-        return fail("cannot open %s: %s", path, strerror(errno));
+        return bench_fail("cannot open %s: %s", path, strerror(errno));
     char *line = NULL;
     size_t cap = 0;
     ssize_t n;
@@ -232,14 +188,14 @@ static int read_jsonl(const char *path, int (*fn)(json_t *, void *), void *arg)
         json_error_t err;
         json_t *o = json_loadb(line, (size_t)n, 0, &err);
         if (!json_is_object(o)) {
-            rc = fail("%s:%zu: bad JSON: %s", path, lineno, err.text);
+            rc = bench_fail("%s:%zu: bad JSON: %s", path, lineno, err.text);
             json_decref(o);
             break;
         }
         rc = fn(o, arg);
         json_decref(o);
         if (rc) {
-            fail("%s:%zu: missing field", path, lineno);
+            bench_fail("%s:%zu: missing field", path, lineno);
             break;
         }
     }
@@ -287,7 +243,7 @@ static int read_qrels(const char *path, dataset *ds)
 {
     FILE *f = fopen(path, "r");
     if (!f)
-        return fail("cannot open %s: %s", path, strerror(errno));
+        return bench_fail("cannot open %s: %s", path, strerror(errno));
     char *line = NULL;
     size_t cap = 0;
     ssize_t n;
@@ -303,7 +259,7 @@ static int read_qrels(const char *path, dataset *ds)
         char *d = strtok_r(NULL, "\t", &save);
         char *s = strtok_r(NULL, "\t", &save);
         if (!q || !d || !s) {
-            rc = fail("%s:%zu: expected 3 tab-separated fields", path, lineno);
+            rc = bench_fail("%s:%zu: expected 3 tab-separated fields", path, lineno);
             break;
         }
         ds->qrels = xrealloc(ds->qrels, (ds->nqrels + 1) * sizeof *ds->qrels);
@@ -349,7 +305,7 @@ static int dataset_load(dataset *ds, const char *data_dir)
     if (path_fmt(path, sizeof path, data_dir, "scifact/qrels.tsv") || read_qrels(path, ds))
         return 1;
     if (ds->ndocs == 0 || ds->nqueries == 0)
-        return fail("%s/scifact: no documents or no queries", data_dir);
+        return bench_fail("%s/scifact: no documents or no queries", data_dir);
     return 0;
 }
 
@@ -365,44 +321,6 @@ static double qrel_gain(const dataset *ds, const char *qid, const char *did)
 /* ------------------------------------------------------------------------------------------
  * File-system helpers: temp root removal and du-style sizes
  * ---------------------------------------------------------------------------------------- */
-
-static int rm_cb(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    if (remove(path) != 0)
-        fprintf(stderr, "bench_scifact: warning: cannot remove %s: %s\n", path, strerror(errno));
-    return 0;
-}
-
-static void rm_tree(const char *root)
-{
-    nftw(root, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
-}
-
-/* nftw has no user pointer; the benchmark is single-threaded here, so a static will do. */
-static uint64_t du_bytes;
-
-static int du_cb(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)path;
-    (void)ftw;
-    if (flag == FTW_F)
-        du_bytes += (uint64_t)st->st_blocks * 512u; /* allocated, like du: LMDB maps are sparse */
-    return 0;
-}
-
-/* Allocated bytes under `dir`, or -1 when it does not exist. */
-static double dir_bytes(const char *dir)
-{
-    struct stat st;
-    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
-        return -1.0;
-    du_bytes = 0;
-    nftw(dir, du_cb, 16, FTW_PHYS);
-    return (double)du_bytes;
-}
 
 static double peak_rss_mib(void)
 {
@@ -434,7 +352,7 @@ static int read_status(rag_ctx *ctx, rag_status_info *st)
     memset(st, 0, sizeof *st);
     st->version = RAG_STATUS_VERSION;
     int rc = rag_status(ctx, st);
-    return rc == RAG_OK ? 0 : fail_rag("rag_status", rc);
+    return rc == RAG_OK ? 0 : bench_fail_rag("rag_status", rc);
 }
 
 /* Put every document in batches, then drain: the whole window is "ingested and searchable". */
@@ -447,7 +365,7 @@ static int run_ingest(rag_ctx *ctx, const dataset *ds, figures *fg)
     if (env && *env)
         drain_ms = (uint32_t)strtoul(env, NULL, 10);
 
-    double t0 = now_s();
+    double t0 = bench_now_s();
     for (size_t off = 0; off < ds->ndocs; off += BATCH) {
         size_t n = ds->ndocs - off < BATCH ? ds->ndocs - off : BATCH;
         for (size_t i = 0; i < n; i++) {
@@ -461,26 +379,26 @@ static int run_ingest(rag_ctx *ctx, const dataset *ds, figures *fg)
         }
         int rc = rag_doc_put_batch(ctx, docs, n, res);
         if (rc != RAG_OK)
-            return fail_rag("rag_doc_put_batch", rc);
+            return bench_fail_rag("rag_doc_put_batch", rc);
         for (size_t i = 0; i < n; i++)
             if (res[i].code != RAG_OK)
-                return fail("rag_doc_put_batch: document %s: %s (%d): %s", docs[i].id,
+                return bench_fail("rag_doc_put_batch: document %s: %s (%d): %s", docs[i].id,
                             rag_strerror(res[i].code), res[i].code, rag_error_last());
     }
-    double t_put = now_s();
+    double t_put = bench_now_s();
     int rc = rag_drain(ctx, drain_ms);
     if (rc != RAG_OK)
-        return fail_rag("rag_drain", rc);
-    double t1 = now_s();
+        return bench_fail_rag("rag_drain", rc);
+    double t1 = bench_now_s();
 
     rag_status_info st;
     if (read_status(ctx, &st))
         return 1;
     if (st.dead_letters != 0)
-        return fail("%llu message(s) dead-lettered during ingest",
+        return bench_fail("%llu message(s) dead-lettered during ingest",
                     (unsigned long long)st.dead_letters);
     if (st.documents != ds->ndocs)
-        return fail("rag_status reports %llu documents after drain, expected %zu",
+        return bench_fail("rag_status reports %llu documents after drain, expected %zu",
                     (unsigned long long)st.documents, ds->ndocs);
 
     fg->put_s = t_put - t0;
@@ -526,23 +444,23 @@ static int raw_open(raw_faiss *rf, const char *root, const dataset *ds, figures 
         return 1;
     if (faiss_read_index_fname(path, 0, &rf->fx) != 0) {
         const char *e = faiss_get_last_error();
-        return fail("faiss_read_index_fname(%s): %s", path, e ? e : "unknown error");
+        return bench_fail("faiss_read_index_fname(%s): %s", path, e ? e : "unknown error");
     }
     rf->d = (size_t)faiss_Index_d(rf->fx);
     long long ntotal = (long long)faiss_Index_ntotal(rf->fx);
     if (ntotal < 0 || (uint64_t)ntotal != fg->vectors) {
-        ret = fail("snapshot %s holds %lld vectors, rag_status reported %llu", path, ntotal,
+        ret = bench_fail("snapshot %s holds %lld vectors, rag_status reported %llu", path, ntotal,
                    (unsigned long long)fg->vectors);
         goto out;
     }
 
     int rc = rag_embed_cpu_hash_init(&p, EMBED_DIM);
     if (rc != RAG_OK) {
-        ret = fail_rag("rag_embed_cpu_hash_init", rc);
+        ret = bench_fail_rag("rag_embed_cpu_hash_init", rc);
         goto out;
     }
     if (p.dim != rf->d) {
-        ret = fail("snapshot dimension %zu differs from the provider's %u", rf->d, p.dim);
+        ret = bench_fail("snapshot dimension %zu differs from the provider's %u", rf->d, p.dim);
         goto out;
     }
     rf->qv = xrealloc(NULL, ds->nqueries * rf->d * sizeof *rf->qv);
@@ -550,15 +468,15 @@ static int raw_open(raw_faiss *rf, const char *root, const dataset *ds, figures 
     for (size_t i = 0; i < ds->nqueries; i++) {
         const char *t = ds->queries[i].text;
         size_t len = strlen(t);
-        double t0 = now_s();
+        double t0 = bench_now_s();
         rc = p.embed(p.state, &t, &len, 1, rf->qv + i * rf->d);
-        lat[i] = (now_s() - t0) * 1e3;
+        lat[i] = (bench_now_s() - t0) * 1e3;
         if (rc != 0) {
-            ret = fail_rag("provider embed", rc);
+            ret = bench_fail_rag("provider embed", rc);
             goto out;
         }
     }
-    fg->qembed_p50 = percentile(lat, ds->nqueries, 50);
+    fg->qembed_p50 = bench_percentile(lat, ds->nqueries, 50);
 
 out:
     free(lat);
@@ -573,12 +491,12 @@ static int raw_search(const raw_faiss *rf, size_t i, double *ms)
 {
     float dist[SEARCH_K];
     idx_t labels[SEARCH_K];
-    double t0 = now_s();
+    double t0 = bench_now_s();
     int frc = faiss_Index_search(rf->fx, 1, rf->qv + i * rf->d, SEARCH_K, dist, labels);
-    *ms = (now_s() - t0) * 1e3;
+    *ms = (bench_now_s() - t0) * 1e3;
     if (frc != 0) {
         const char *e = faiss_get_last_error();
-        return fail("faiss_Index_search: %s", e ? e : "unknown error");
+        return bench_fail("faiss_Index_search: %s", e ? e : "unknown error");
     }
     return 0;
 }
@@ -602,13 +520,13 @@ static int rag_timed(rag_ctx *ctx, const dataset *ds, size_t i, rag_search_mode 
                      double *ms)
 {
     rag_results *res = NULL;
-    double t0 = now_s();
+    double t0 = bench_now_s();
     int rc = search_one(ctx, ds->queries[i].text, SEARCH_K, mode, &res);
-    *ms = (now_s() - t0) * 1e3;
+    *ms = (bench_now_s() - t0) * 1e3;
     rag_results_free(res);
     if (rc == RAG_OK || rc == RAG_EUNSUPPORTED)
         return rc;
-    return fail_rag("rag_search", rc);
+    return bench_fail_rag("rag_search", rc);
 }
 
 /*
@@ -632,12 +550,12 @@ static int time_pass(rag_ctx *ctx, const raw_faiss *rf, const dataset *ds, rag_s
             rc = raw_search(rf, i, &raw[i]);
     }
     if (rc == 0) {
-        *p50 = percentile(lat, n, 50);
-        *p99 = percentile(lat, n, 99);
+        *p50 = bench_percentile(lat, n, 50);
+        *p99 = bench_percentile(lat, n, 99);
         if (rf) {
-            *raw_p50 = percentile(raw, n, 50);
+            *raw_p50 = bench_percentile(raw, n, 50);
             if (raw_p99)
-                *raw_p99 = percentile(raw, n, 99);
+                *raw_p99 = bench_percentile(raw, n, 99);
         }
     }
     free(lat);
@@ -669,13 +587,13 @@ static int invalidate_result_cache(rag_ctx *ctx)
     d.mime = "text/plain";
     int rc = rag_doc_put(ctx, &d, NULL);
     if (rc != RAG_OK)
-        return fail_rag("rag_doc_put (cache invalidation)", rc);
+        return bench_fail_rag("rag_doc_put (cache invalidation)", rc);
     if ((rc = rag_drain(ctx, 0)) != RAG_OK)
-        return fail_rag("rag_drain", rc);
+        return bench_fail_rag("rag_drain", rc);
     if ((rc = rag_doc_delete(ctx, id)) != RAG_OK)
-        return fail_rag("rag_doc_delete (cache invalidation)", rc);
+        return bench_fail_rag("rag_doc_delete (cache invalidation)", rc);
     if ((rc = rag_drain(ctx, 0)) != RAG_OK)
-        return fail_rag("rag_drain", rc);
+        return bench_fail_rag("rag_drain", rc);
 
     if (read_status(ctx, &after))
         return 1;
@@ -684,7 +602,7 @@ static int invalidate_result_cache(rag_ctx *ctx)
                         "searches may hit the result cache\n",
                 (unsigned long long)after.index_epoch);
     if (after.documents != before.documents || after.vectors != before.vectors)
-        return fail("cache invalidation changed the corpus: %llu docs / %llu vectors -> "
+        return bench_fail("cache invalidation changed the corpus: %llu docs / %llu vectors -> "
                     "%llu / %llu",
                     (unsigned long long)before.documents, (unsigned long long)before.vectors,
                     (unsigned long long)after.documents, (unsigned long long)after.vectors);
@@ -705,7 +623,7 @@ static int run_latency(rag_ctx *ctx, const raw_faiss *rf, const dataset *ds, fig
     for (size_t i = 0; i < ds->nqueries; i++) {
         int rc = rag_timed(ctx, ds, i, RAG_MODE_DEFAULT, &ms);
         if (rc == RAG_EUNSUPPORTED)
-            return fail_rag("rag_search (warm-up)", rc);
+            return bench_fail_rag("rag_search (warm-up)", rc);
         if (rc || raw_search(rf, i, &ms))
             return 1;
     }
@@ -714,10 +632,10 @@ static int run_latency(rag_ctx *ctx, const raw_faiss *rf, const dataset *ds, fig
     int rc = time_pass(ctx, rf, ds, RAG_MODE_DEFAULT, &fg->p50, &fg->p99, &fg->raw_p50,
                        &fg->raw_p99);
     if (rc)
-        return rc == RAG_EUNSUPPORTED ? fail_rag("rag_search", rc) : 1;
+        return rc == RAG_EUNSUPPORTED ? bench_fail_rag("rag_search", rc) : 1;
     rc = time_pass(ctx, NULL, ds, RAG_MODE_DEFAULT, &fg->rep_p50, &fg->rep_p99, NULL, NULL);
     if (rc)
-        return rc == RAG_EUNSUPPORTED ? fail_rag("rag_search", rc) : 1;
+        return rc == RAG_EUNSUPPORTED ? bench_fail_rag("rag_search", rc) : 1;
     /* Vector-only mode: the like-for-like counterpart of raw FAISS. */
     if (invalidate_result_cache(ctx))
         return 1;
@@ -750,7 +668,7 @@ static size_t distinct_docs(const rag_results *res, const char **out, size_t max
 
 static int cmp_gain_desc(const void *a, const void *b)
 {
-    return cmp_double(b, a);
+    return bench_cmp_double(b, a);
 }
 
 /* nDCG@10 (linear gain, log2 discount, as BEIR/pytrec_eval) and recall@100, document level,
@@ -779,7 +697,7 @@ static int run_quality(rag_ctx *ctx, const dataset *ds, rag_search_mode mode, do
         rag_results *res = NULL;
         int rc = search_one(ctx, q->text, NDCG_SEARCH_K, mode, &res);
         if (rc != RAG_OK) {
-            ret = rc == RAG_EUNSUPPORTED ? rc : fail_rag("rag_search (quality)", rc);
+            ret = rc == RAG_EUNSUPPORTED ? rc : bench_fail_rag("rag_search (quality)", rc);
             break;
         }
         size_t n = distinct_docs(res, top, NDCG_DEPTH);
@@ -796,7 +714,7 @@ static int run_quality(rag_ctx *ctx, const dataset *ds, rag_search_mode mode, do
         res = NULL;
         rc = search_one(ctx, q->text, RECALL_SEARCH_K, mode, &res);
         if (rc != RAG_OK) {
-            ret = rc == RAG_EUNSUPPORTED ? rc : fail_rag("rag_search (quality)", rc);
+            ret = rc == RAG_EUNSUPPORTED ? rc : bench_fail_rag("rag_search (quality)", rc);
             break;
         }
         n = distinct_docs(res, top, RECALL_DEPTH);
@@ -904,10 +822,10 @@ static int open_started(rag_ctx **ctx, const char *root)
     opts.no_sync = 0;
     int rc = rag_open(ctx, root, &opts);
     if (rc != RAG_OK)
-        return fail_rag("rag_open", rc);
+        return bench_fail_rag("rag_open", rc);
     rc = rag_start(*ctx);
     if (rc != RAG_OK)
-        return fail_rag("rag_start", rc);
+        return bench_fail_rag("rag_start", rc);
     return 0;
 }
 
@@ -950,7 +868,7 @@ int main(int argc, char **argv)
     char root[4096];
     int n = snprintf(root, sizeof root, "%s/ragcore-bench-XXXXXX", tmp);
     if (n < 0 || (size_t)n >= sizeof root || !mkdtemp(root)) {
-        fail("cannot make a temporary root under %s: %s", tmp, strerror(errno));
+        bench_fail("cannot make a temporary root under %s: %s", tmp, strerror(errno));
         dataset_free(&ds);
         return 1;
     }
@@ -974,11 +892,11 @@ int main(int argc, char **argv)
         char dir[4200];
         if (path_fmt(dir, sizeof dir, root, MODULE_DIRS[i]))
             goto out;
-        sizes[i] = dir_bytes(dir);
+        sizes[i] = bench_dir_bytes(dir);
         if (sizes[i] < 0)
             fprintf(stderr, "bench_scifact: note: no %s directory\n", dir);
     }
-    root_bytes = dir_bytes(root);
+    root_bytes = bench_dir_bytes(root);
 
     /* 2. Raw FAISS on the snapshot, then the root reopened for the timed comparison. */
     fprintf(stderr, "bench_scifact: loading the snapshot into raw FAISS...\n");
@@ -999,7 +917,7 @@ int main(int argc, char **argv)
             fprintf(stderr, "bench_scifact: note: mode %s not supported by this build: %s\n",
                     MODE_NAMES[m], rag_error_last());
             if (m == 0) {
-                fail_rag("rag_search (default mode)", rc);
+                bench_fail_rag("rag_search (default mode)", rc);
                 goto out;
             }
         } else if (rc) {
@@ -1016,7 +934,7 @@ int main(int argc, char **argv)
 out:
     rag_close(ctx);
     raw_close(&rf);
-    rm_tree(root);
+    bench_rm_tree(root);
     dataset_free(&ds);
     return ret;
 }

@@ -35,10 +35,9 @@
  * table on stderr.  No assertions on the figures: the exit status is non-zero only when a
  * step fails (an error is printed).  See bench/README.md, "bench_synth".
  */
-#define _GNU_SOURCE /* memmem, mkdtemp, nftw */
+#define _GNU_SOURCE /* memmem, mkdtemp */
 
 #include <errno.h>
-#include <ftw.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -47,7 +46,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -62,6 +60,7 @@
 
 #include <ragcore/ragcore.h>
 
+#include "bench_util.h"
 #include "synth.h"
 
 /* The FAISS >= 1.7.4 C API's filtered search (same names and signatures).  Debian's 1.7.3
@@ -126,33 +125,10 @@ static const char *const MODULES[] = {"ingest", "embed", "index", "retrieve", "a
  * Small helpers
  * ---------------------------------------------------------------------------------------- */
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static int fail(const char *fmt, ...)
-{
-    va_list ap;
-    fprintf(stderr, "bench_synth: error: ");
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-    return 1;
-}
-
-static int fail_rag(const char *what, int rc)
-{
-    return fail("%s: %s (%d): %s", what, rag_strerror(rc), rc, rag_error_last());
-}
-
 static int fail_faiss(const char *what, int frc)
 {
     const char *e = faiss_get_last_error();
-    return fail("%s: FAISS error %d: %s", what, frc, e ? e : "no detail");
+    return bench_fail("%s: FAISS error %d: %s", what, frc, e ? e : "no detail");
 }
 
 static void note(const char *fmt, ...)
@@ -201,12 +177,6 @@ static void sleep_ns(long ns)
     nanosleep(&ts, NULL);
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 /* Nearest-rank percentile of n values (copied; `v` is left as it is). */
 static double pct(const double *v, size_t n, double p)
 {
@@ -214,9 +184,7 @@ static double pct(const double *v, size_t n, double p)
         return NAN;
     double *s = xmalloc(n * sizeof *s);
     memcpy(s, v, n * sizeof *s);
-    qsort(s, n, sizeof *s, cmp_double);
-    size_t rank = (size_t)ceil(p / 100.0 * (double)n);
-    double r = s[rank < 1 ? 0 : rank - 1];
+    double r = bench_percentile(s, n, p);
     free(s);
     return r;
 }
@@ -243,70 +211,14 @@ static int make_root(char *buf, size_t size, const char *what)
 {
     int n = snprintf(buf, size, "%s/ragcore-synth-%s-XXXXXX", tmp_dir(), what);
     if (n < 0 || (size_t)n >= size || !mkdtemp(buf))
-        return fail("cannot make a temporary directory under %s: %s", tmp_dir(),
+        return bench_fail("cannot make a temporary directory under %s: %s", tmp_dir(),
                     strerror(errno));
     return 0;
 }
 
-static int rm_cb(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    if (remove(path) != 0)
-        fprintf(stderr, "bench_synth: warning: cannot remove %s: %s\n", path, strerror(errno));
-    return 0;
-}
-
-static void rm_tree(const char *root)
-{
-    if (root && *root)
-        nftw(root, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
-}
-
-static uint64_t du_acc; /* nftw has no user pointer; only the main thread measures */
-
-static int du_cb(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)path;
-    (void)ftw;
-    if (flag == FTW_F)
-        du_acc += (uint64_t)st->st_blocks * 512u; /* allocated, like du: LMDB maps are sparse */
-    return 0;
-}
-
-/* Allocated bytes under `dir`; -1 when it does not exist. */
-static double dir_bytes(const char *dir)
-{
-    struct stat st;
-    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
-        return -1.0;
-    du_acc = 0;
-    nftw(dir, du_cb, 16, FTW_PHYS);
-    return (double)du_acc;
-}
-
-/* A "Name:   N kB" line of /proc/self/status, in KiB; 0 when unreadable. */
-static uint64_t proc_status_kib(const char *name)
-{
-    FILE *f = fopen("/proc/self/status", "r");
-    if (!f)
-        return 0;
-    char line[256];
-    size_t nl = strlen(name);
-    uint64_t kib = 0;
-    while (fgets(line, sizeof line, f))
-        if (strncmp(line, name, nl) == 0) {
-            kib = strtoull(line + nl, NULL, 10);
-            break;
-        }
-    fclose(f);
-    return kib;
-}
-
 /* Peak resident set of this address space (VmHWM), in KiB.  Unlike getrusage's ru_maxrss it
  * starts afresh at execve, so an exec'd child reports only itself. */
-static uint64_t vm_hwm_kib(void) { return proc_status_kib("VmHWM:"); }
+static uint64_t vm_hwm_kib(void) { return bench_proc_status_kib("VmHWM:"); }
 
 static void cpu_model(char *buf, size_t size)
 {
@@ -626,7 +538,7 @@ static int attribute(work *w, size_t from, size_t to, int gen)
         size_t len;
         const char *t = synth_recorder_text(w->rec, r, &len);
         if (!t) {
-            ret = fail("recorder row %zu has no text", r);
+            ret = bench_fail("recorder row %zu has no text", r);
             break;
         }
         uint32_t doc[4], off[4];
@@ -655,7 +567,7 @@ static int attribute(work *w, size_t from, size_t to, int gen)
     }
     pfx_free(&px);
     if (!ret && w->unattributed)
-        ret = fail("%zu recorded chunk text(s) found in no document", w->unattributed);
+        ret = bench_fail("%zu recorded chunk text(s) found in no document", w->unattributed);
     return ret;
 }
 
@@ -704,7 +616,7 @@ static int read_status(rag_ctx *ctx, rag_status_info *st)
     memset(st, 0, sizeof *st);
     st->version = RAG_STATUS_VERSION;
     int rc = rag_status(ctx, st);
-    return rc == RAG_OK ? 0 : fail_rag("rag_status", rc);
+    return rc == RAG_OK ? 0 : bench_fail_rag("rag_status", rc);
 }
 
 /* Open `root` with the synth provider (recording into `rec` when set), the bench's chunk
@@ -732,7 +644,7 @@ static int open_root(rag_ctx **ctx, const char *root, synth_recorder *rec, const
                      int no_sync)
 {
     int rc = open_root_rc(ctx, root, rec, factory, no_sync);
-    return rc == RAG_OK ? 0 : fail_rag("rag_open/rag_start", rc);
+    return rc == RAG_OK ? 0 : bench_fail_rag("rag_open/rag_start", rc);
 }
 
 static void doc_of(rag_doc *d, const synth_doc *s)
@@ -753,28 +665,28 @@ static int put_all(rag_ctx *ctx, const synth_doc *docs, size_t n, size_t batch, 
     rag_doc *d = xmalloc(batch * sizeof *d);
     rag_put_result *res = xmalloc(batch * sizeof *res);
     int ret = 0;
-    double t0 = now_s();
+    double t0 = bench_now_s();
     for (size_t off = 0; off < n && !ret; off += batch) {
         size_t m = n - off < batch ? n - off : batch;
         for (size_t i = 0; i < m; i++)
             doc_of(&d[i], &docs[off + i]);
         int rc = rag_doc_put_batch(ctx, d, m, res);
         if (rc != RAG_OK) {
-            ret = fail_rag("rag_doc_put_batch", rc);
+            ret = bench_fail_rag("rag_doc_put_batch", rc);
             break;
         }
         for (size_t i = 0; i < m && !ret; i++)
             if (res[i].code != RAG_OK)
-                ret = fail("rag_doc_put_batch: %s: %s (%d)", d[i].id, rag_strerror(res[i].code),
+                ret = bench_fail("rag_doc_put_batch: %s: %s (%d)", d[i].id, rag_strerror(res[i].code),
                            res[i].code);
     }
-    double t1 = now_s();
+    double t1 = bench_now_s();
     if (!ret) {
         int rc = rag_drain(ctx, 0);
         if (rc != RAG_OK)
-            ret = fail_rag("rag_drain", rc);
+            ret = bench_fail_rag("rag_drain", rc);
     }
-    double t2 = now_s();
+    double t2 = bench_now_s();
     if (put_s)
         *put_s = t1 - t0;
     if (all_s)
@@ -802,14 +714,14 @@ static int rag_one(rag_ctx *ctx, size_t qi, int acl, rag_search_mode mode, doubl
         q.unrestricted = 1;
     }
     rag_results *res = NULL;
-    double t0 = now_s();
+    double t0 = bench_now_s();
     int rc = rag_search(ctx, &q, &res);
-    double t1 = now_s();
+    double t1 = bench_now_s();
     if (ms)
         *ms = (t1 - t0) * TSCALE;
     if (rc != RAG_OK) {
         rag_results_free(res);
-        return fail_rag("rag_search", rc);
+        return bench_fail_rag("rag_search", rc);
     }
     if (out) {
         out->n = 0;
@@ -843,7 +755,7 @@ static int upd_visible(upd_run *u, size_t j, int *err)
     int rc = rag_trace(u->ctx, u->c->updates[j].id, &t);
     u->polls++;
     if (rc != RAG_OK) {
-        *err = fail_rag("rag_trace", rc);
+        *err = bench_fail_rag("rag_trace", rc);
         return 0;
     }
     int vis = t->active_version >= u->version[j];
@@ -866,7 +778,7 @@ static void *poller_main(void *arg)
             continue;
         }
         if (upd_visible(u, next, &err)) {
-            u->t_vis[next] = now_s();
+            u->t_vis[next] = bench_now_s();
             seen[next] = 1;
             while (next < u->n && seen[next])
                 next++;
@@ -882,12 +794,12 @@ static void *poller_main(void *arg)
                 continue;
             ahead++;
             if (upd_visible(u, j, &err)) {
-                u->t_vis[j] = now_s();
+                u->t_vis[j] = bench_now_s();
                 seen[j] = 1;
             }
         }
-        if (now_s() - u->t_ret[next] > VISIBLE_TIMEOUT_S) {
-            err = fail("update %zu (%s v%llu) not visible after %.0f s", next,
+        if (bench_now_s() - u->t_ret[next] > VISIBLE_TIMEOUT_S) {
+            err = bench_fail("update %zu (%s v%llu) not visible after %.0f s", next,
                        u->c->updates[next].id, (unsigned long long)u->version[next],
                        VISIBLE_TIMEOUT_S);
             break;
@@ -914,16 +826,16 @@ static int run_updates(work *w)
     atomic_init(&u.abort_flag, 0);
     pthread_t th;
     if (pthread_create(&th, NULL, poller_main, &u) != 0)
-        return fail("cannot start the poller thread");
+        return bench_fail("cannot start the poller thread");
     int ret = 0;
     for (size_t i = 0; i < u.n; i++) {
         rag_doc d;
         doc_of(&d, &w->c.updates[i]);
-        u.t_call[i] = now_s();
+        u.t_call[i] = bench_now_s();
         int rc = rag_doc_put(w->ctx, &d, &u.version[i]);
-        u.t_ret[i] = now_s();
+        u.t_ret[i] = bench_now_s();
         if (rc != RAG_OK) {
-            ret = fail_rag("rag_doc_put (update)", rc);
+            ret = bench_fail_rag("rag_doc_put (update)", rc);
             atomic_store(&u.abort_flag, 1);
             break;
         }
@@ -984,7 +896,7 @@ static int raw_remove(FaissIndex *ix, const idx_t *labels, size_t n)
     if (frc)
         return fail_faiss("remove_ids", frc);
     if (removed != n)
-        return fail("raw remove_ids removed %zu of %zu labels", removed, n);
+        return bench_fail("raw remove_ids removed %zu of %zu labels", removed, n);
     return 0;
 }
 
@@ -1026,11 +938,11 @@ static int raw_one(const work *w, size_t qi, int acl, double *ms, qres *out)
     float dist[K];
     idx_t lab[K];
     const float *q = w->qv + qi * DIM;
-    double t0 = now_s();
+    double t0 = bench_now_s();
     int frc = acl ? faiss_Index_search_with_params(w->raw, 1, q, K,
                                                    w->grp_par[synth_query_group(qi)], dist, lab)
                   : faiss_Index_search(w->raw, 1, q, K, dist, lab);
-    double t1 = now_s();
+    double t1 = bench_now_s();
     if (ms)
         *ms = (t1 - t0) * TSCALE;
     if (frc)
@@ -1217,7 +1129,7 @@ static int write_plan(const work *w, const char *path)
 {
     FILE *f = fopen(path, "wb");
     if (!f)
-        return fail("cannot write %s: %s", path, strerror(errno));
+        return bench_fail("cannot write %s: %s", path, strerror(errno));
     uint64_t hdr[4] = {w->n_docs, w->n_upd, w->n_occ0, w->n_occ - w->n_occ0};
     int ok = fwrite(hdr, sizeof hdr, 1, f) == 1;
     for (size_t o = 0; o < w->n_occ && ok; o++) {
@@ -1227,7 +1139,7 @@ static int write_plan(const work *w, const char *path)
     }
     if (fclose(f) != 0)
         ok = 0;
-    return ok ? 0 : fail("cannot write %s", path);
+    return ok ? 0 : bench_fail("cannot write %s", path);
 }
 
 typedef struct child_args {
@@ -1241,17 +1153,17 @@ static int write_result(const char *out, uint64_t kib, uint64_t anon, uint64_t f
 {
     FILE *f = fopen(out, "w");
     if (!f)
-        return fail("cannot write %s: %s", out, strerror(errno));
+        return bench_fail("cannot write %s: %s", out, strerror(errno));
     fprintf(f, "%llu %llu %llu\n", (unsigned long long)kib, (unsigned long long)anon,
             (unsigned long long)file);
-    return fclose(f) == 0 ? 0 : fail("cannot write %s", out);
+    return fclose(f) == 0 ? 0 : bench_fail("cannot write %s", out);
 }
 
 static int child_rag(const child_args *a)
 {
     synth_corpus c;
     if (synth_corpus_make(&c, SEED, a->docs, a->updates) != 0)
-        return fail("synth_corpus_make");
+        return bench_fail("synth_corpus_make");
     char root[4096];
     rag_ctx *ctx = NULL;
     int ret = make_root(root, sizeof root, "rss");
@@ -1264,21 +1176,21 @@ static int child_rag(const child_args *a)
         doc_of(&d, &c.updates[i]);
         int rc = rag_doc_put(ctx, &d, NULL);
         if (rc != RAG_OK)
-            ret = fail_rag("rag_doc_put", rc);
+            ret = bench_fail_rag("rag_doc_put", rc);
     }
     if (!ret) {
         int rc = rag_drain(ctx, 0);
         if (rc != RAG_OK)
-            ret = fail_rag("rag_drain", rc);
+            ret = bench_fail_rag("rag_drain", rc);
     }
     for (size_t i = 0; i < a->queries && !ret; i++)
         for (int acl = 0; acl < 2 && !ret; acl++)
             ret = rag_one(ctx, i, acl, RAG_MODE_VECTOR, NULL, NULL);
     /* what is resident now, anonymous vs file-backed (LMDB maps) */
-    uint64_t anon = proc_status_kib("RssAnon:"), file = proc_status_kib("RssFile:");
+    uint64_t anon = bench_proc_status_kib("RssAnon:"), file = bench_proc_status_kib("RssFile:");
     rag_close(ctx);
     uint64_t kib = vm_hwm_kib();
-    rm_tree(root);
+    bench_rm_tree(root);
     synth_corpus_free(&c);
     return ret ? ret : write_result(a->out, kib, anon, file);
 }
@@ -1287,20 +1199,20 @@ static int child_raw(const child_args *a)
 {
     synth_corpus c;
     if (synth_corpus_make(&c, SEED, a->docs, a->updates) != 0)
-        return fail("synth_corpus_make");
+        return bench_fail("synth_corpus_make");
     FILE *f = fopen(a->plan, "rb");
     if (!f) {
         synth_corpus_free(&c);
-        return fail("cannot read %s: %s", a->plan, strerror(errno));
+        return bench_fail("cannot read %s: %s", a->plan, strerror(errno));
     }
     uint64_t hdr[4];
     int ret = fread(hdr, sizeof hdr, 1, f) == 1 && hdr[0] == c.n_docs && hdr[1] == c.n_updates
                   ? 0
-                  : fail("%s: bad header", a->plan);
+                  : bench_fail("%s: bad header", a->plan);
     size_t n0 = ret ? 0 : hdr[2], n1 = ret ? 0 : hdr[3];
     uint32_t(*pl)[3] = xmalloc((n0 + n1 + 1) * sizeof *pl);
     if (!ret && fread(pl, sizeof *pl, n0 + n1, f) != n0 + n1)
-        ret = fail("%s: short", a->plan);
+        ret = bench_fail("%s: short", a->plan);
     fclose(f);
 
     FaissIndex *ix = NULL;
@@ -1387,7 +1299,7 @@ static int child_raw(const child_args *a)
             ret = fail_faiss("search", frc);
     }
     uint64_t kib = vm_hwm_kib();
-    uint64_t anon = proc_status_kib("RssAnon:"), file = proc_status_kib("RssFile:");
+    uint64_t anon = bench_proc_status_kib("RssAnon:"), file = bench_proc_status_kib("RssFile:");
     for (unsigned g = 0; g < SYNTH_GROUPS; g++) {
         faiss_SearchParameters_free(par[g]);
         faiss_IDSelector_free(sel[g]);
@@ -1425,7 +1337,7 @@ static int spawn_child(const char *side, const work *w, size_t queries, const ch
     fflush(stderr);
     pid_t pid = fork();
     if (pid < 0)
-        return fail("fork: %s", strerror(errno));
+        return bench_fail("fork: %s", strerror(errno));
     if (pid == 0) {
         execv("/proc/self/exe", argv);
         _exit(127);
@@ -1433,9 +1345,9 @@ static int spawn_child(const char *side, const work *w, size_t queries, const ch
     int status = 0;
     while (waitpid(pid, &status, 0) < 0)
         if (errno != EINTR)
-            return fail("waitpid: %s", strerror(errno));
+            return bench_fail("waitpid: %s", strerror(errno));
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
-        return fail("RSS child (%s) failed (status %d)", side, status);
+        return bench_fail("RSS child (%s) failed (status %d)", side, status);
     FILE *f = fopen(out, "r");
     unsigned long long kib = 0, anon = 0, file = 0;
     int ok = f && fscanf(f, "%llu %llu %llu", &kib, &anon, &file) == 3;
@@ -1443,7 +1355,7 @@ static int spawn_child(const char *side, const work *w, size_t queries, const ch
         fclose(f);
     unlink(out);
     if (!ok)
-        return fail("RSS child (%s) left no result", side);
+        return bench_fail("RSS child (%s) left no result", side);
     *mib = (double)kib / 1024.0;
     *anon_mib = (double)anon / 1024.0;
     *file_mib = (double)file / 1024.0;
@@ -1487,18 +1399,18 @@ static int conc_run(rag_ctx *ctx, const work *w, int raw, size_t off, size_t n, 
 {
     pthread_t th[8];
     conc_arg a[8];
-    double t0 = now_s();
+    double t0 = bench_now_s();
     for (int t = 0; t < T; t++) {
         a[t] = (conc_arg){ctx, w, raw, off, (size_t)t, n, (size_t)T, 0};
         if (pthread_create(&th[t], NULL, conc_main, &a[t]) != 0)
-            return fail("pthread_create");
+            return bench_fail("pthread_create");
     }
     int err = 0;
     for (int t = 0; t < T; t++) {
         pthread_join(th[t], NULL);
         err |= a[t].err;
     }
-    *secs += now_s() - t0;
+    *secs += bench_now_s() - t0;
     return err;
 }
 
@@ -1530,21 +1442,21 @@ static int sweep_batching(work *w)
     /* raw FAISS batched: all queries in one call, and calls of 32 */
     float *dist = xmalloc(w->nq * K * sizeof *dist);
     idx_t *lab = xmalloc(w->nq * K * sizeof *lab);
-    double t0 = now_s();
+    double t0 = bench_now_s();
     int frc = faiss_Index_search(w->raw, (idx_t)w->nq, w->qv, K, dist, lab);
-    double all_ms = (now_s() - t0) * TSCALE;
+    double all_ms = (bench_now_s() - t0) * TSCALE;
     if (frc) {
         free(dist);
         free(lab);
         return fail_faiss("batched search", frc);
     }
-    t0 = now_s();
+    t0 = bench_now_s();
     for (size_t q0 = 0; q0 < w->nq && !frc; q0 += 32) {
         size_t nb = w->nq - q0 < 32 ? w->nq - q0 : 32;
         frc = faiss_Index_search(w->raw, (idx_t)nb, w->qv + q0 * DIM, K, dist + q0 * K,
                                  lab + q0 * K);
     }
-    double b32_ms = (now_s() - t0) * TSCALE;
+    double b32_ms = (bench_now_s() - t0) * TSCALE;
     free(dist);
     free(lab);
     if (frc)
@@ -1602,7 +1514,7 @@ static int sweep_index(work *w, const char *factory)
         fig_str(o, "skipped", rag_error_last());
         fig_emit(o);
         rag_close(ctx);
-        rm_tree(root);
+        bench_rm_tree(root);
         return 0; /* unsupported: reported, not fatal */
     }
     double put_s = 0, all_s = 0, upd_s = 0;
@@ -1621,7 +1533,7 @@ static int sweep_index(work *w, const char *factory)
     if (!ret)
         ret = timed_pass(w, ctx, RAG_MODE_VECTOR, 1, 1, nq, &fa);
     rag_close(ctx);
-    rm_tree(root);
+    bench_rm_tree(root);
     if (ret)
         return ret;
     json_t *o = fig_new("synth_sweep", w->n_docs, st.chunks);
@@ -1661,9 +1573,9 @@ static void disk_measure(const char *root, double *out)
     char dir[4200];
     for (size_t i = 0; i < NMODULES; i++) {
         snprintf(dir, sizeof dir, "%s/%s", root, MODULES[i]);
-        out[i] = dir_bytes(dir);
+        out[i] = bench_dir_bytes(dir);
     }
-    out[NMODULES] = dir_bytes(root);
+    out[NMODULES] = bench_dir_bytes(root);
 }
 
 static void emit_disk(const work *w, const char *phase, const double *d, uint64_t chunks)
@@ -1735,7 +1647,7 @@ static void work_free(work *w)
     free(w->ref_plain);
     free(w->ref_acl);
     if (w->root[0])
-        rm_tree(w->root);
+        bench_rm_tree(w->root);
 }
 
 /* The replacements on the raw index: see run_size. */
@@ -1765,10 +1677,10 @@ static int raw_updates(work *w, size_t n_live)
             add[i] = (idx_t)(w->upd_first[u] + i);
             memcpy(v + i * DIM, rec_vec(w, w->occ[w->upd_first[u] + i].rec), DIM * sizeof *v);
         }
-        double t0 = now_s();
+        double t0 = bench_now_s();
         ret = raw_remove(w->raw, rm, nr);
         int frc = ret ? 0 : faiss_Index_add_with_ids(w->raw, (idx_t)na, v, add);
-        lat[u] = (now_s() - t0) * TSCALE;
+        lat[u] = (bench_now_s() - t0) * TSCALE;
         if (frc)
             ret = fail_faiss("add_with_ids (update)", frc);
     }
@@ -1809,7 +1721,7 @@ static int raw_updates(work *w, size_t n_live)
     free(rm);
     free(add);
     if (!ret && (size_t)faiss_Index_ntotal(w->raw) != n_live)
-        ret = fail("raw index holds %lld vectors, %zu expected",
+        ret = bench_fail("raw index holds %lld vectors, %zu expected",
                    (long long)faiss_Index_ntotal(w->raw), n_live);
     return ret;
 }
@@ -1817,13 +1729,13 @@ static int raw_updates(work *w, size_t n_live)
 static int run_size(work *w, int do_sweep, int do_rss)
 {
     int ret = 0;
-    double t_start = now_s();
+    double t_start = bench_now_s();
     note("== %zu documents, %zu replacements, %zu queries ==", w->n_docs, w->n_upd, w->nq);
     if (synth_corpus_make(&w->c, SEED, w->n_docs, w->n_upd) != 0)
-        return fail("synth_corpus_make(%zu)", w->n_docs);
+        return bench_fail("synth_corpus_make(%zu)", w->n_docs);
     w->rec = synth_recorder_new();
     if (!w->rec)
-        return fail("synth_recorder_new");
+        return bench_fail("synth_recorder_new");
     synth_recorder_keep_texts(w->rec, 1);
     if (make_root(w->root, sizeof w->root, "main"))
         return 1;
@@ -1841,10 +1753,10 @@ static int run_size(work *w, int do_sweep, int do_rss)
     if (read_status(w->ctx, &w->st_ingest))
         return 1;
     if (w->st_ingest.dead_letters)
-        return fail("%llu dead letter(s) after ingest",
+        return bench_fail("%llu dead letter(s) after ingest",
                     (unsigned long long)w->st_ingest.dead_letters);
     if (w->st_ingest.documents != w->n_docs)
-        return fail("%llu documents after ingest, expected %zu",
+        return bench_fail("%llu documents after ingest, expected %zu",
                     (unsigned long long)w->st_ingest.documents, w->n_docs);
     w->chunks_per_s = (double)w->st_ingest.chunks / w->ingest_s;
     w->docs_per_s = (double)w->n_docs / w->ingest_s;
@@ -1864,7 +1776,7 @@ static int run_size(work *w, int do_sweep, int do_rss)
         return 1;
     occ_finish(w);
     if (w->n_occ0 != w->st_ingest.chunks)
-        return fail("attribution found %zu chunk occurrences, rag_status reports %llu chunks",
+        return bench_fail("attribution found %zu chunk occurrences, rag_status reports %llu chunks",
                     w->n_occ0, (unsigned long long)w->st_ingest.chunks);
 
     /* raw FAISS insert of the same vectors (gathered in label order beforehand, untimed) */
@@ -1877,9 +1789,9 @@ static int run_size(work *w, int do_sweep, int do_rss)
             memcpy(v + o * DIM, rec_vec(w, w->occ[o].rec), DIM * sizeof *v);
             lab[o] = (idx_t)o;
         }
-        double t0 = now_s();
+        double t0 = bench_now_s();
         int frc = faiss_Index_add_with_ids(w->raw, (idx_t)w->n_occ0, v, lab);
-        w->raw_add_s = now_s() - t0;
+        w->raw_add_s = bench_now_s() - t0;
         free(v);
         free(lab);
         if (frc)
@@ -1927,7 +1839,7 @@ static int run_size(work *w, int do_sweep, int do_rss)
         int rc = rag_search(w->ctx, &q, &res);
         rag_results_free(res);
         if (rc != RAG_OK)
-            return fail_rag("session-consistent search after the updates", rc);
+            return bench_fail_rag("session-consistent search after the updates", rc);
     }
     w->upd_of_doc = xmalloc(w->n_docs * sizeof *w->upd_of_doc);
     for (size_t d = 0; d < w->n_docs; d++)
@@ -1940,7 +1852,7 @@ static int run_size(work *w, int do_sweep, int do_rss)
     occ_finish(w);
     for (size_t u = 0; u < w->n_upd; u++)
         if (w->upd_n[u] == 0)
-            return fail("replacement %zu (%s) has no recorded chunk (embed cache hit?)", u,
+            return bench_fail("replacement %zu (%s) has no recorded chunk (embed cache hit?)", u,
                         w->c.updates[u].id);
     if (read_status(w->ctx, &w->st_end))
         return 1;
@@ -1948,7 +1860,7 @@ static int run_size(work *w, int do_sweep, int do_rss)
     for (size_t o = 0; o < w->n_occ; o++)
         n_live += occ_live(w, o);
     if (n_live != w->st_end.vectors)
-        return fail("%zu live chunk occurrences, rag_status reports %llu vectors", n_live,
+        return bench_fail("%zu live chunk occurrences, rag_status reports %llu vectors", n_live,
                     (unsigned long long)w->st_end.vectors);
     hm_build(w);
 
@@ -2117,7 +2029,7 @@ static int run_size(work *w, int do_sweep, int do_rss)
                     w->disk_end[i] / 1048576.0);
     fprintf(stderr, " total %.1f/%.1f\n", w->disk_ingest[NMODULES] / 1048576.0,
             w->disk_end[NMODULES] / 1048576.0);
-    note("%zu documents done in %.1f s\n", w->n_docs, now_s() - t_start);
+    note("%zu documents done in %.1f s\n", w->n_docs, bench_now_s() - t_start);
     return ret;
 }
 

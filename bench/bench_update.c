@@ -28,14 +28,12 @@
  * Output: one JSON object per line on stdout, a summary on stderr.  No assertions on the
  * figures; the exit status is non-zero only when a step fails or an update never shows.
  */
-#define _GNU_SOURCE /* dlsym(RTLD_NEXT), mkdtemp, nftw */
+#define _GNU_SOURCE /* dlsym(RTLD_NEXT), mkdtemp */
 
 #include <dlfcn.h>
 #include <errno.h>
-#include <ftw.h>
 #include <math.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -46,6 +44,8 @@
 
 #include <ragcore/providers.h>
 #include <ragcore/ragcore.h>
+
+#include "bench_util.h"
 
 #include "rag_common.h" /* rag_config_init: the broker constructor takes a resolved config */
 #include "rag_queue.h"  /* rag_queue_lmdb_transport_new: the broker to wrap */
@@ -65,29 +65,6 @@ static const char *const ENV_NAMES[] = {"ingest", "embed", "index", "retrieve", 
 /* ------------------------------------------------------------------------------------------
  * Small helpers
  * ---------------------------------------------------------------------------------------- */
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static int fail(const char *fmt, ...)
-{
-    va_list ap;
-    fprintf(stderr, "bench_update: error: ");
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-    return 1;
-}
-
-static int fail_rag(const char *what, int rc)
-{
-    return fail("%s: %s (%d): %s", what, rag_strerror(rc), rc, rag_error_last());
-}
 
 static void *xmalloc(size_t n)
 {
@@ -122,37 +99,6 @@ static uint64_t rng_next(uint64_t *s)
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
     return z ^ (z >> 31);
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-/* Nearest-rank percentile of sorted `v`. */
-static double pct(const double *v, size_t n, double p)
-{
-    if (n == 0)
-        return NAN;
-    size_t rank = (size_t)ceil(p / 100.0 * (double)n);
-    if (rank < 1)
-        rank = 1;
-    return v[rank - 1];
-}
-
-static int rm_cb(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    remove(path);
-    return 0;
-}
-
-static void rm_tree(const char *root)
-{
-    nftw(root, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -480,7 +426,7 @@ static int make_head(corpus *c, bdoc *d)
 {
     d->marker_bucket = pick_word(c, "vm", d->marker, d->token_bucket);
     if (d->marker_bucket < 0)
-        return fail("no free embedding bucket for a version marker");
+        return bench_fail("no free embedding bucket for a version marker");
     char lead[96], tail[96];
     snprintf(lead, sizeof lead, "Record %s, revision %s. ", d->token, d->marker);
     snprintf(tail, sizeof tail, "Filed as %s, revision %s.", d->token, d->marker);
@@ -529,7 +475,7 @@ static int corpus_init(corpus *c, size_t n, uint64_t seed)
     c->rng = seed;
     int rc = rag_embed_cpu_hash_init(&c->hash, EMBED_DIM);
     if (rc)
-        return fail_rag("rag_embed_cpu_hash_init", rc);
+        return bench_fail_rag("rag_embed_cpu_hash_init", rc);
     for (int b = 0; b < EMBED_DIM; b++)
         c->token_owner[b] = -1;
     for (size_t i = 0; i < NWORDS; i++) {
@@ -550,7 +496,7 @@ static int corpus_init(corpus *c, size_t n, uint64_t seed)
         snprintf(d->id, sizeof d->id, "doc-%05zu", i);
         d->token_bucket = pick_word(c, "zq", d->token, -1);
         if (d->token_bucket < 0)
-            return fail("no free embedding bucket for a document token");
+            return bench_fail("no free embedding bucket for a document token");
         c->token_owner[d->token_bucket] = (int)i;
         if (make_head(c, d))
             return 1;
@@ -587,11 +533,11 @@ static int open_root(rag_ctx **ctx, const char *root, int no_sync, counting **ct
         rag_config cfg;
         int rc = rag_config_init(&cfg, root, &o);
         if (rc)
-            return fail_rag("rag_config_init", rc);
+            return bench_fail_rag("rag_config_init", rc);
         rag_queue_transport *inner = NULL;
         rc = rag_queue_lmdb_transport_new(&inner, &cfg);
         if (rc)
-            return fail_rag("LMDB broker", rc);
+            return bench_fail_rag("LMDB broker", rc);
         counting *ct = xmalloc(sizeof *ct);
         memset(ct, 0, sizeof *ct);
         pthread_mutex_init(&ct->mu, NULL);
@@ -611,7 +557,7 @@ static int open_root(rag_ctx **ctx, const char *root, int no_sync, counting **ct
     }
     int rc = rag_open(ctx, root, &o);
     if (rc)
-        return fail_rag("rag_open", rc);
+        return bench_fail_rag("rag_open", rc);
     return 0;
 }
 
@@ -648,15 +594,15 @@ static int load_corpus(rag_ctx *ctx, corpus *c)
         for (size_t j = 0; j < m; j++)
             free(texts[j]);
         if (rc)
-            return fail_rag("rag_doc_put_batch", rc);
+            return bench_fail_rag("rag_doc_put_batch", rc);
         for (size_t j = 0; j < m; j++) {
             if (res[j].code)
-                return fail("put %s: %s", docs[j].id, rag_strerror(res[j].code));
+                return bench_fail("put %s: %s", docs[j].id, rag_strerror(res[j].code));
             c->docs[i + j].version = res[j].version;
         }
     }
     int rc = rag_drain(ctx, 0);
-    return rc ? fail_rag("rag_drain", rc) : 0;
+    return rc ? bench_fail_rag("rag_drain", rc) : 0;
 }
 
 /* 1: a hit of `d` has `version` and none has an older one; 0: not yet; -1: error.
@@ -671,7 +617,7 @@ static int visible(rag_ctx *ctx, const char *query, const char *id, uint64_t ver
     rag_results *r = NULL;
     int rc = rag_search(ctx, &q, &r);
     if (rc) {
-        fail_rag("rag_search", rc);
+        bench_fail_rag("rag_search", rc);
         return -1;
     }
     int have_new = 0, have_old = 0;
@@ -738,17 +684,17 @@ static int run_updates(rag_ctx *ctx, corpus *c, size_t count, int inline_drain, 
         size_t size = 0;
         char *text = compose(c, d, &size);
         uint64_t version = 0;
-        double t_call = now_s();
+        double t_call = bench_now_s();
         int rc = put_text(ctx, d, text, size, &version);
-        double t0 = now_s();
+        double t0 = bench_now_s();
         free(text);
         if (rc)
-            return fail_rag("rag_doc_put", rc);
+            return bench_fail_rag("rag_doc_put", rc);
         d->version = version;
         if (inline_drain) {
             rc = rag_drain(ctx, 0);
             if (rc)
-                return fail_rag("rag_drain", rc);
+                return bench_fail_rag("rag_drain", rc);
         }
         long polls = 0;
         for (;;) {
@@ -760,15 +706,15 @@ static int run_updates(rag_ctx *ctx, corpus *c, size_t count, int inline_drain, 
                 break;
             if (inline_drain && polls == 1 && ph)
                 ph->late++;
-            if (now_s() - t0 > VISIBLE_TIMEOUT_S) {
+            if (bench_now_s() - t0 > VISIBLE_TIMEOUT_S) {
                 fprintf(stderr, "bench_update: last hits of \"%s\":\n", query);
                 visible(ctx, query, d->id, version, 1);
-                return fail("%s version %llu not visible after %.0f s (query \"%s\")", d->id,
+                return bench_fail("%s version %llu not visible after %.0f s (query \"%s\")", d->id,
                             (unsigned long long)version, VISIBLE_TIMEOUT_S, query);
             }
             pause_us(POLL_US);
         }
-        double t1 = now_s();
+        double t1 = bench_now_s();
         if (ph) {
             ph->put_ms[ph->n] = (t0 - t_call) * 1e3;
             ph->vis_ms[ph->n] = (t1 - t0) * 1e3;
@@ -798,7 +744,7 @@ static int run_cost(rag_ctx *ctx, counting *ct, corpus *c, size_t count, cost *o
 {
     int rc = rag_drain(ctx, 0); /* nothing should be pending; make sure of it */
     if (rc)
-        return fail_rag("rag_drain", rc);
+        return bench_fail_rag("rag_drain", rc);
     ct_reset(ct);
     fs_reset();
     atomic_store(&fs_attrib, 1);
@@ -815,13 +761,13 @@ static int run_cost(rag_ctx *ctx, counting *ct, corpus *c, size_t count, cost *o
         free(text);
         if (rc) {
             atomic_store(&fs_attrib, 0);
-            return fail_rag("rag_doc_put", rc);
+            return bench_fail_rag("rag_doc_put", rc);
         }
         d->version = version;
         rc = rag_drain(ctx, 0);
         if (rc) {
             atomic_store(&fs_attrib, 0);
-            return fail_rag("rag_drain", rc);
+            return bench_fail_rag("rag_drain", rc);
         }
     }
     atomic_store(&fs_attrib, 0);
@@ -854,17 +800,17 @@ typedef struct lat {
 static lat summarize(phase *ph)
 {
     lat l;
-    qsort(ph->vis_ms, ph->n, sizeof(double), cmp_double);
-    qsort(ph->put_ms, ph->n, sizeof(double), cmp_double);
-    qsort(ph->total_ms, ph->n, sizeof(double), cmp_double);
-    l.p50 = pct(ph->vis_ms, ph->n, 50);
-    l.p90 = pct(ph->vis_ms, ph->n, 90);
-    l.p99 = pct(ph->vis_ms, ph->n, 99);
+    qsort(ph->vis_ms, ph->n, sizeof(double), bench_cmp_double);
+    qsort(ph->put_ms, ph->n, sizeof(double), bench_cmp_double);
+    qsort(ph->total_ms, ph->n, sizeof(double), bench_cmp_double);
+    l.p50 = bench_pct_sorted(ph->vis_ms, ph->n, 50);
+    l.p90 = bench_pct_sorted(ph->vis_ms, ph->n, 90);
+    l.p99 = bench_pct_sorted(ph->vis_ms, ph->n, 99);
     l.max = ph->n ? ph->vis_ms[ph->n - 1] : NAN;
-    l.put_p50 = pct(ph->put_ms, ph->n, 50);
-    l.put_p99 = pct(ph->put_ms, ph->n, 99);
-    l.total_p50 = pct(ph->total_ms, ph->n, 50);
-    l.total_p99 = pct(ph->total_ms, ph->n, 99);
+    l.put_p50 = bench_pct_sorted(ph->put_ms, ph->n, 50);
+    l.put_p99 = bench_pct_sorted(ph->put_ms, ph->n, 99);
+    l.total_p50 = bench_pct_sorted(ph->total_ms, ph->n, 50);
+    l.total_p99 = bench_pct_sorted(ph->total_ms, ph->n, 99);
     return l;
 }
 
@@ -922,7 +868,7 @@ static int run_setting(const char *tmp, int no_sync, size_t ndocs, size_t nupd, 
     char root[4096];
     int n = snprintf(root, sizeof root, "%s/ragcore-bench-update-XXXXXX", tmp);
     if (n < 0 || (size_t)n >= sizeof root || !mkdtemp(root))
-        return fail("cannot make a temporary root under %s: %s", tmp, strerror(errno));
+        return bench_fail("cannot make a temporary root under %s: %s", tmp, strerror(errno));
     fprintf(stderr, "bench_update: fsync %s, root %s\n", fsync_on ? "on" : "off", root);
 
     corpus c;
@@ -938,15 +884,15 @@ static int run_setting(const char *tmp, int no_sync, size_t ndocs, size_t nupd, 
         goto out;
     if (open_root(&ctx, root, no_sync, NULL))
         goto out;
-    double t = now_s();
+    double t = bench_now_s();
     if (load_corpus(ctx, &c))
         goto out;
     fprintf(stderr, "bench_update:   %zu documents put and drained in %.2f s\n", ndocs,
-            now_s() - t);
+            bench_now_s() - t);
     rag_status_info st = {.version = RAG_STATUS_VERSION};
     int rc = rag_status(ctx, &st);
     if (rc) {
-        fail_rag("rag_status", rc);
+        bench_fail_rag("rag_status", rc);
         goto out;
     }
     res->chunks_per_doc = ndocs ? (double)st.chunks / (double)ndocs : 0;
@@ -954,28 +900,28 @@ static int run_setting(const char *tmp, int no_sync, size_t ndocs, size_t nupd, 
     /* 1. Workers running: update-to-visible. */
     rc = rag_start(ctx);
     if (rc) {
-        fail_rag("rag_start", rc);
+        bench_fail_rag("rag_start", rc);
         goto out;
     }
-    t = now_s();
+    t = bench_now_s();
     if (run_updates(ctx, &c, WARMUP, 0, NULL) || run_updates(ctx, &c, nupd, 0, &res->ph_workers))
         goto out;
-    fprintf(stderr, "bench_update:   %zu updates with workers in %.2f s\n", nupd, now_s() - t);
+    fprintf(stderr, "bench_update:   %zu updates with workers in %.2f s\n", nupd, bench_now_s() - t);
     rc = rag_stop(ctx);
     if (rc) {
-        fail_rag("rag_stop", rc);
+        bench_fail_rag("rag_stop", rc);
         goto out;
     }
 
     /* 2. The naive inline path on the same root. */
-    t = now_s();
+    t = bench_now_s();
     if (run_updates(ctx, &c, WARMUP, 1, NULL) || run_updates(ctx, &c, nupd, 1, &res->ph_inline))
         goto out;
-    fprintf(stderr, "bench_update:   %zu updates inline in %.2f s\n", nupd, now_s() - t);
+    fprintf(stderr, "bench_update:   %zu updates inline in %.2f s\n", nupd, bench_now_s() - t);
 
     rc = rag_status(ctx, &st);
     if (rc) {
-        fail_rag("rag_status", rc);
+        bench_fail_rag("rag_status", rc);
         goto out;
     }
     if (st.dead_letters || st.documents != ndocs || st.versions != ndocs)
@@ -990,10 +936,10 @@ static int run_setting(const char *tmp, int no_sync, size_t ndocs, size_t nupd, 
     /* 3. Cost per update, through the counting wrapper around the same broker env. */
     if (open_root(&ctx, root, no_sync, &ct))
         goto out;
-    t = now_s();
+    t = bench_now_s();
     if (run_cost(ctx, ct, &c, ncost, &res->k))
         goto out;
-    fprintf(stderr, "bench_update:   %zu counted updates in %.2f s\n", ncost, now_s() - t);
+    fprintf(stderr, "bench_update:   %zu counted updates in %.2f s\n", ncost, bench_now_s() - t);
 
     res->workers = summarize(&res->ph_workers);
     res->inline_ = summarize(&res->ph_inline);
@@ -1011,7 +957,7 @@ static int run_setting(const char *tmp, int no_sync, size_t ndocs, size_t nupd, 
 
 out:
     rag_close(ctx);
-    rm_tree(root);
+    bench_rm_tree(root);
     corpus_free(&c);
     return ret;
 }
@@ -1054,7 +1000,7 @@ int main(int argc, char **argv)
     if (!tmp || !*tmp)
         tmp = "/tmp";
 
-    double t = now_s();
+    double t = bench_now_s();
     result on, off;
     memset(&on, 0, sizeof on);
     memset(&off, 0, sizeof off);
@@ -1072,7 +1018,7 @@ int main(int argc, char **argv)
                     on.ph_inline.late, off.ph_inline.late);
         if (on.k.fsyncs == 0)
             fprintf(stderr, "  note: no fsync counted with fsync on: interposition failed?\n");
-        fprintf(stderr, "total %.1f s\n", now_s() - t);
+        fprintf(stderr, "total %.1f s\n", bench_now_s() - t);
     }
     phase_free(&on.ph_workers);
     phase_free(&on.ph_inline);
