@@ -83,6 +83,14 @@ static int flush_removals_locked(rag_index *ix)
     return rc;
 }
 
+/* Flush the deferred removals (write lock held); a backend that fails them is out of line
+ * with the view: searches then report the index degraded until it is reopened. */
+static void flush_or_degrade(rag_index *ix)
+{
+    if (!ix->degraded && ix->rm_pending_n && flush_removals_locked(ix))
+        ix->degraded = 1;
+}
+
 /* Removal of `n` labels (write lock held).  Every search filters out labels the view holds
  * dead, so a removed vector need not leave the backend at once: the labels wait until they
  * are a sixteenth of the backend (at least IX_RM_BATCH), and one remove_ids then compacts
@@ -868,22 +876,17 @@ int rag_index_snapshot(rag_index *ix)
          * deferred removals are flushed under the write lock, and an apply slipping in
          * before the read lock may defer new ones, so check again under the read lock
          * (which keeps applies out); after a few rounds the save runs under the write lock. */
-        int writer = 0;
-        for (int round = 0;; round++) {
+        for (int round = 0;; round++) { /* ends holding either lock: both keep applies out */
             pthread_rwlock_wrlock(&ix->lock);
-            if (!ix->degraded && ix->rm_pending_n && flush_removals_locked(ix))
-                ix->degraded = 1;
-            if (round == 3) {
-                writer = 1;
+            flush_or_degrade(ix);
+            if (round == 3)
                 break;
-            }
             pthread_rwlock_unlock(&ix->lock);
             pthread_rwlock_rdlock(&ix->lock);
             if (ix->rm_pending_n == 0 || ix->degraded)
                 break;
             pthread_rwlock_unlock(&ix->lock);
         }
-        (void)writer; /* either lock keeps applies out while the file is written */
         seq = ix->applied_seq;
         rc = ix->degraded ? rag_error_set(RAG_EINDEX, "index snapshot: backend degraded")
                           : ix->backend->save(ix->backend->state, ix->snap_path);
@@ -999,8 +1002,7 @@ uint64_t rag_index__backend_count(rag_index *ix)
      * or one a repair removes), so subtracting their number would not be exact.  Tests and
      * diagnostics only: nothing on a hot path counts. */
     pthread_rwlock_wrlock(&ix->lock);
-    if (!ix->degraded && ix->rm_pending_n && flush_removals_locked(ix))
-        ix->degraded = 1;
+    flush_or_degrade(ix);
     uint64_t n = ix->backend->count(ix->backend->state);
     pthread_rwlock_unlock(&ix->lock);
     return n;
